@@ -1,0 +1,103 @@
+# Ferry: QEMU 7.2 (Debian bookworm) plus the Ferry series.
+#
+#   make            fetch and verify the base, prepare build/src, build
+#   make check      everything "make" does, then every test (tests/run)
+#   make demo       a live migration of a busy guest, end to end
+#   make bench      the benchmarks in tests/bench, Ferry against stock
+#   make refresh-patch P=NNNN-name.patch [FILES="a b"] [SUBJECT="..."]
+#   make checkpatch run the base's checkpatch.pl over patches/ and owned C
+#
+# Every target installs the Debian packages it needs (base/deps-*).
+
+-include config.mk
+FERRY_TARGETS ?= x86_64-softmmu,ppc64-softmmu
+FERRY_CCACHE ?= auto
+FERRY_EXTRA_QEMU_ARGS ?=
+
+comma := ,
+BUILD := build
+QEMU_BUILD := $(BUILD)/qemu
+SRC := $(BUILD)/src
+NINJA := ninja
+ifeq ($(FERRY_CCACHE),auto)
+CCACHE := $(shell command -v ccache 2>/dev/null)
+else ifeq ($(FERRY_CCACHE),yes)
+CCACHE := ccache
+else
+CCACHE :=
+endif
+
+QEMU_CONFIGURE_ARGS := \
+	--target-list=$(FERRY_TARGETS) \
+	--enable-kvm --enable-slirp --enable-zstd \
+	--enable-linux-aio --enable-linux-io-uring \
+	--disable-docs --disable-werror --meson=meson \
+	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
+	--with-pkgversion="Ferry, Debian $$(cat $(BUILD)/base/REVISION)" \
+	--cc="$(strip $(CCACHE) gcc)" --cxx="$(strip $(CCACHE) g++)" \
+	$(FERRY_EXTRA_QEMU_ARGS)
+
+EMULATORS := $(foreach t,$(subst $(comma), ,$(FERRY_TARGETS)),qemu-system-$(t:-softmmu=))
+QTESTS := tests/qtest/migration-test tests/qtest/qos-test \
+	tests/qtest/qmp-test tests/qtest/qom-test \
+	$(patsubst %.c,%,$(wildcard tests/qtest/ferry-*-test.c))
+
+.PHONY: all build deps deps-test prepare check demo bench guests \
+	refresh-patch export-patches checkpatch clean distclean
+
+all: build
+
+deps:
+	@scripts/ferry/install-deps base/deps-build
+
+deps-test: deps
+	@scripts/ferry/install-deps base/deps-test
+
+$(BUILD)/base/tree/.ferry-base-ok: base/PIN | deps
+	base/fetch $(BUILD)/base
+
+prepare: $(BUILD)/base/tree/.ferry-base-ok
+	@scripts/ferry/prepare
+
+# Re-run the base's configure when the options change.
+$(QEMU_BUILD)/ferry-configure-args: prepare FORCE
+	@mkdir -p $(QEMU_BUILD)
+	@echo '$(QEMU_CONFIGURE_ARGS)' | cmp -s - $@ || \
+		echo '$(QEMU_CONFIGURE_ARGS)' > $@
+
+$(QEMU_BUILD)/build.ninja: $(QEMU_BUILD)/ferry-configure-args
+	cd $(QEMU_BUILD) && ../src/configure $(QEMU_CONFIGURE_ARGS) > configure.log 2>&1 || \
+		{ tail -30 configure.log; exit 1; }
+
+build: $(QEMU_BUILD)/build.ninja
+	$(NINJA) -C $(QEMU_BUILD) $(EMULATORS) qemu-img
+
+guests: deps-test
+	@tests/guests/build $(BUILD)/guests
+
+check: build guests
+	$(NINJA) -C $(QEMU_BUILD) $(QTESTS)
+	tests/run
+
+demo: build guests
+	scripts/ferry/demo
+
+bench: build guests
+	tests/bench/run
+
+refresh-patch:
+	@scripts/ferry/refresh-patch $(P) $(if $(SUBJECT),-s "$(SUBJECT)") $(FILES)
+
+export-patches:
+	@scripts/ferry/export-patches
+
+checkpatch: prepare
+	scripts/ferry/checkpatch
+
+clean:
+	rm -rf $(QEMU_BUILD)
+
+distclean:
+	rm -rf $(BUILD) config.mk
+
+FORCE:

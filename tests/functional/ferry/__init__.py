@@ -1,0 +1,1 @@
+"""Helpers for Ferry's functional tests (tests/functional)."""

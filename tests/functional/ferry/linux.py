@@ -1,0 +1,46 @@
+"""Linux test guests: Debian's kernel plus Ferry's busybox initramfs.
+
+The test's shell script is appended to the initramfs as a second cpio
+archive (/test.sh), which the kernel unpacks over the first one.
+"""
+
+import os
+
+from ferry import env
+from ferry.cpio import cpio_newc
+from ferry.machine import Guest
+
+KERNELS = {
+    'x86_64': ('x86_64/vmlinuz', 'x86_64/initrd', 'ttyS0',
+               ['-machine', 'pc', '-m', '256M']),
+    'ppc64': ('ppc64/vmlinux', 'ppc64/initrd', 'hvc0',
+              ['-machine', 'pseries,cap-cfpc=broken,cap-sbbc=broken,'
+               'cap-ibs=broken,cap-ccf-assist=off', '-m', '512M']),
+}
+
+
+def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
+                extra=(), hold=False):
+    """A Guest booting Debian's TARGET kernel that runs SCRIPT (sh) as
+    /test.sh; it powers off afterwards unless HOLD."""
+    kernel, initrd, console, machine = KERNELS[target]
+    g = Guest(flavour, target, name)
+    entries = [('file', 'test.sh', ('#!/bin/sh\n' + script).encode(), 0o755)]
+    if hold:
+        entries.append(('file', 'hold', b'', 0o644))
+    combined = os.path.join(g.tmpdir, 'initrd')
+    with open(env.guest(initrd), 'rb') as f, open(combined, 'wb') as out:
+        out.write(f.read())
+        out.write(cpio_newc(entries))
+    g.add_args(*machine, '-kernel', env.guest(kernel), '-initrd', combined,
+               '-append', 'console=%s quiet panic=-1' % console,
+               '-no-reboot', *extra)
+    return g
+
+
+def script_output(guest):
+    """The text /test.sh printed, between the init's markers."""
+    text = guest.serial().replace('\r', '')
+    if 'FERRY-TEST-BEGIN' not in text:
+        return None
+    return text.split('FERRY-TEST-BEGIN\n', 1)[1].split('FERRY-TEST-END', 1)[0]

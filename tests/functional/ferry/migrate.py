@@ -1,0 +1,85 @@
+"""Migration scenarios shared by the functional tests and the demo."""
+
+import time
+
+from ferry.machine import (dirty_guest, dirty_pages, incoming, pass_counter,
+                           wait_migration, wait_running)
+from ferry.pattern import check_dirty_pattern
+
+FAST_LINK = 1 << 30        # bytes/s: loopback, effectively unlimited
+
+
+def start_dirty_source(flavour='ferry', image='x86-dirty.img', **kw):
+    src = dirty_guest(image, flavour=flavour, **kw)
+    src.launch()
+    src.wait_serial('FP', timeout=60)
+    return src
+
+
+def start_destination(src, flavour='ferry', paused=True):
+    dst = incoming(src, flavour=flavour)
+    if paused:
+        dst.add_args('-S')
+    dst.launch()
+    return dst
+
+
+def set_params(vm, **params):
+    vm.command('migrate-set-parameters',
+               **{k.replace('_', '-'): v for k, v in params.items()})
+
+
+def set_caps(vm, **caps):
+    vm.command('migrate-set-capabilities', capabilities=[
+        {'capability': k.replace('_', '-'), 'state': v} for k, v in caps.items()])
+
+
+def migrate(src, dst, timeout=180, **params):
+    set_params(src, **params)
+    src.command('migrate', uri=dst.uri)
+    return wait_migration(src, timeout=timeout)
+
+
+def memory_matches(src, dst, chunk=16 << 20):
+    """None if all of SRC's RAM equals DST's, else the first differing
+    address.  Both must be stopped."""
+    size = src.command('query-memory-size-summary')['base-memory']
+    for addr in range(0, size, chunk):
+        n = min(chunk, size - addr)
+        a, b = src.read_memory(addr, n), dst.read_memory(addr, n)
+        if a != b:
+            i = next(i for i in range(n) if a[i] != b[i])
+            return addr + i
+    return None
+
+
+def check_destination(test, src, dst):
+    """The checks every completed migration of the dirty guest must pass:
+    the destination's RAM is the source's final RAM byte for byte, the
+    pattern is intact, and the guest runs on after 'cont'."""
+    test.assertEqual(src.command('query-status')['status'], 'postmigrate')
+    test.assertIsNone(memory_matches(src, dst), 'destination RAM differs')
+    test.assertIsNone(check_dirty_pattern(dirty_pages(dst)))
+    before = pass_counter(dst)
+    dst.command('cont')
+    wait_running(dst)
+    deadline = time.monotonic() + 30
+    while pass_counter(dst) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    test.assertNotEqual(pass_counter(dst), before,
+                        'guest made no progress on the destination')
+    dst.command('stop')
+    test.assertIsNone(check_dirty_pattern(dirty_pages(dst)))
+
+
+def check_source_alive(test, src):
+    """After a failed or cancelled migration the source runs on, intact."""
+    wait_running(src)
+    before = pass_counter(src)
+    deadline = time.monotonic() + 30
+    while pass_counter(src) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    test.assertNotEqual(pass_counter(src), before, 'source guest stopped')
+    src.command('stop')
+    test.assertIsNone(check_dirty_pattern(dirty_pages(src)))
+    src.command('cont')
