@@ -15,6 +15,9 @@ FERRY_CCACHE ?= auto
 FERRY_EXTRA_QEMU_ARGS ?=
 
 comma := ,
+# Let ccache hit across clones of the repository (CI uses a fresh one).
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
 BUILD := build
 QEMU_BUILD := $(BUILD)/qemu
 SRC := $(BUILD)/src
@@ -27,13 +30,15 @@ else
 CCACHE :=
 endif
 
-QEMU_CONFIGURE_ARGS := \
+# Recursive: the base revision is known only after base/fetch ran.
+BASE_REVISION = $(shell cat $(BUILD)/base/REVISION 2>/dev/null)
+QEMU_CONFIGURE_ARGS = \
 	--target-list=$(FERRY_TARGETS) \
-	--enable-kvm --enable-slirp --enable-zstd \
+	--enable-kvm --enable-slirp --enable-zstd --enable-spice \
 	--enable-linux-aio --enable-linux-io-uring \
 	--disable-docs --disable-werror --meson=meson \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
-	--with-pkgversion="Ferry, Debian $$(cat $(BUILD)/base/REVISION)" \
+	--with-pkgversion="Ferry, Debian $(BASE_REVISION)" \
 	--cc="$(strip $(CCACHE) gcc)" --cxx="$(strip $(CCACHE) g++)" \
 	$(FERRY_EXTRA_QEMU_ARGS)
 
@@ -69,8 +74,16 @@ $(QEMU_BUILD)/build.ninja: $(QEMU_BUILD)/ferry-configure-args
 	cd $(QEMU_BUILD) && ../src/configure $(QEMU_CONFIGURE_ARGS) > configure.log 2>&1 || \
 		{ tail -30 configure.log; exit 1; }
 
+# Binaries run from the build tree look for firmware under qemu-bundle/,
+# relocated from the configured firmware path: point those at Debian's.
+FIRMWARE_DIRS := /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu
+
 build: $(QEMU_BUILD)/build.ninja
 	$(NINJA) -C $(QEMU_BUILD) $(EMULATORS) qemu-img
+	@for d in $(FIRMWARE_DIRS); do \
+		mkdir -p $(QEMU_BUILD)/qemu-bundle$$(dirname $$d); \
+		ln -sfn $$d $(QEMU_BUILD)/qemu-bundle$$d; \
+	done
 
 guests: deps-test
 	@tests/guests/build $(BUILD)/guests

@@ -11,7 +11,7 @@ import unittest
 
 from ferry.machine import wait_migration
 from ferry.migrate import (FAST_LINK, check_destination, check_source_alive,
-                           migrate, set_caps, set_params, start_destination,
+                           migrate, set_params, start_destination,
                            start_dirty_source)
 
 
@@ -35,14 +35,6 @@ class Precopy(unittest.TestCase):
         info = migrate(src, dst, max_bandwidth=FAST_LINK, downtime_limit=2000)
         self.assertEqual(info['status'], 'completed', info)
         self.assertGreater(info['ram']['transferred'], 100 << 20)
-        check_destination(self, src, dst)
-
-    def test_auto_converge_throttles_until_converged(self):
-        src, dst = self.pair()
-        set_caps(src, auto_converge=True)
-        set_params(src, cpu_throttle_initial=30, cpu_throttle_increment=20)
-        info = migrate(src, dst, max_bandwidth=200 << 20, downtime_limit=300)
-        self.assertEqual(info['status'], 'completed', info)
         check_destination(self, src, dst)
 
     def test_cancel_leaves_source_running_and_retry_succeeds(self):

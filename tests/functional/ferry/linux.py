@@ -30,7 +30,9 @@ def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
         entries.append(('file', 'hold', b'', 0o644))
     combined = os.path.join(g.tmpdir, 'initrd')
     with open(env.guest(initrd), 'rb') as f, open(combined, 'wb') as out:
-        out.write(f.read())
+        base = f.read()
+        # The kernel looks for the next archive at a 4-byte boundary.
+        out.write(base + b'\0' * (-len(base) % 4))
         out.write(cpio_newc(entries))
     g.add_args(*machine, '-kernel', env.guest(kernel), '-initrd', combined,
                '-append', 'console=%s quiet panic=-1' % console,

@@ -49,7 +49,7 @@ class Guest(QEMUMachine):
         while time.monotonic() < deadline:
             if text in self.serial():
                 return
-            if not self.is_running():
+            if not self.is_running() and text not in self.serial():
                 raise AssertionError('%s exited (%s) before printing %r; log:\n%s'
                                      % (self._name, self.exitcode(), text,
                                         self.get_log()))
