@@ -28,6 +28,12 @@ def test_parse_tap_statuses():
     ]
 
 
+def test_parse_tap_whole_binary_skip():
+    text = '# random seed: R02S\n# Skipping test: kvm_hv not available\n1..0\n'
+    assert parse_tap(text) == [('*', 'skip', 'kvm_hv not available')]
+    assert parse_tap('1..0 # SKIP no dirty ring\n') == [('*', 'skip', 'no dirty ring')]
+
+
 def test_parse_tap_ignores_noise():
     assert parse_tap('random text\nok\nnot ok\n# ok 1 /x\n') == []
 

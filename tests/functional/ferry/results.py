@@ -8,10 +8,25 @@ Exception_ = collections.namedtuple('BaseException', 'target binary path reason'
 TAP_LINE = re.compile(r'^(ok|not ok) \d+ (\S+)(?:\s+#\s*(SKIP|TODO)\b\s*(.*))?$')
 
 
+PLAN_SKIP = re.compile(r'^1\.\.0(?:\s+#\s*SKIP\s*(.*))?$')
+SKIP_COMMENT = re.compile(r'^#\s*Skipping test:\s*(.*)$')
+
+
 def parse_tap(text):
-    """[(path, 'pass'|'fail'|'skip', reason)] from GLib's --tap output."""
+    """[(path, 'pass'|'fail'|'skip', reason)] from GLib's --tap output.
+
+    A binary that skips as a whole (plan "1..0") yields one entry with
+    the path '*' and the reason it gave."""
     cases = []
+    why = ''
     for line in text.splitlines():
+        m = SKIP_COMMENT.match(line.strip())
+        if m:
+            why = m.group(1)
+        m = PLAN_SKIP.match(line.strip())
+        if m:
+            cases.append(('*', 'skip', m.group(1) or why or 'skipped as a whole'))
+            continue
         m = TAP_LINE.match(line.strip())
         if not m:
             continue

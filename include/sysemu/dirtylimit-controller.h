@@ -1,0 +1,218 @@
+/*
+ * Ferry vCPU dirty-page-rate limit: the per-vCPU controller
+ *
+ * This is the pure part of Ferry's dirty limit (SPEC section 1): given the
+ * bytes a vCPU has dirtied and the time, it says how long the vCPU must
+ * sleep so that its dirty rate stays at a quota.  It has no globals, no
+ * clocks, no locks and no threads; every call is given the time, so the
+ * whole controller can be driven and tested with a simulated vCPU.  The
+ * integration (accel/kvm, TCG, softmmu/dirtylimit.c) owns the clock, the
+ * locking and the actual sleeping.
+ *
+ * Why not upstream's controller: it adjusts a per-ring-full sleep from a
+ * once-a-second measurement, with an absolute 25 MB/s tolerance, a penalty
+ * capped at 99x the ring-fill time and a maximum rate that never goes down,
+ * so it cannot hold small quotas, and it reacts slowly with large rings.
+ * Here the sleep is computed directly from a rate: a leaky bucket that is
+ * credited at quota x trim bytes per second and debited by the bytes the
+ * vCPU dirtied.  The bucket alone holds the rate the vCPU is charged for,
+ * whatever the ring size or the harvest interval, from the first harvest
+ * on.  A slow feedback loop then corrects the "trim", a gain between what
+ * the vCPU is charged for and what is measured independently (entries lost
+ * to a ring overrun, TCG counting, de-duplication), so that the measured
+ * rate sits at the quota.
+ *
+ * Units: rates in bytes per second, sizes in bytes, times in nanoseconds
+ * of a monotonic clock.  1 MB = 1 MiB = 1048576 bytes, as in QEMU's dirty
+ * rate reporting.
+ *
+ * Concurrency: none here.  charge() runs in the vCPU thread and feedback()
+ * in the controller thread; the caller serialises all calls on one
+ * controller (a per-vCPU mutex is enough; every call is O(1)).
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef SYSEMU_DIRTYLIMIT_CONTROLLER_H
+#define SYSEMU_DIRTYLIMIT_CONTROLLER_H
+
+/* Bytes in the "MB" of MB/s used by the dirty limit interfaces. */
+#define DIRTYLIMIT_BYTES_PER_MB         (1ULL << 20)
+
+/* Nanoseconds per second (kept here so that no clock header is needed). */
+#define DIRTYLIMIT_NS_PER_SEC           1000000000LL
+
+/*
+ * Longest single sleep charge() prescribes.  Debt beyond it is carried and
+ * paid by later sleeps, so one huge batch cannot freeze a vCPU for long.
+ */
+#define DIRTYLIMIT_MAX_SLEEP_NS         DIRTYLIMIT_NS_PER_SEC
+
+/*
+ * Burst: the most credit a vCPU can keep between two charges is the larger
+ * of DIRTYLIMIT_BURST_NS worth of its allowance and DIRTYLIMIT_BURST_MIN.
+ */
+#define DIRTYLIMIT_BURST_NS             (20 * 1000 * 1000LL)
+#define DIRTYLIMIT_BURST_MIN            (256 * 1024)
+
+/* Bounds of the feedback trim. */
+#define DIRTYLIMIT_TRIM_MIN             0.25
+#define DIRTYLIMIT_TRIM_MAX             4.0
+
+/*
+ * Feedback dead band: the trim is left alone while the measured rate is
+ * within the larger of DIRTYLIMIT_TOLERANCE_REL x quota and
+ * DIRTYLIMIT_TOLERANCE_ABS bytes/s of the rate the bucket admitted.
+ */
+#define DIRTYLIMIT_TOLERANCE_REL        0.02
+#define DIRTYLIMIT_TOLERANCE_ABS        (256 * 1024)
+
+/*
+ * The feedback acts on windows of at least DIRTYLIMIT_WINDOW_MIN_NS that
+ * hold at least DIRTYLIMIT_WINDOW_MIN_BYTES charged; a window that cannot
+ * resolve an error within DIRTYLIMIT_WINDOW_MAX_NS is dropped.
+ */
+#define DIRTYLIMIT_WINDOW_MIN_NS        (100 * 1000 * 1000LL)
+#define DIRTYLIMIT_WINDOW_MAX_NS        (10 * DIRTYLIMIT_NS_PER_SEC)
+#define DIRTYLIMIT_WINDOW_MIN_BYTES     (256 * 1024)
+
+/*
+ * The reported current rate is an average over about this long (or the
+ * last period, if the period is longer).
+ */
+#define DIRTYLIMIT_REPORT_NS            DIRTYLIMIT_NS_PER_SEC
+
+/*
+ * Per-vCPU controller state.  Treat it as opaque and use the functions
+ * below; it is public only so that it can be embedded without allocation.
+ */
+typedef struct DirtyLimitController {
+    /* Quota in bytes/s; 0 means no limit. */
+    uint64_t quota;
+    /* Gain applied to the quota when crediting, DIRTYLIMIT_TRIM_MIN..MAX. */
+    double trim;
+
+    /* Leaky bucket, in the bytes charge() is given. */
+    double balance;             /* credit; negative = debt */
+    double burst;               /* upper bound of balance */
+    int64_t last_ns;            /* credited up to; > now while sleep owed */
+
+    /* Counters of the feedback period in progress. */
+    uint64_t period_charged;
+    uint64_t period_max_batch;
+    int64_t period_throttle_ns;
+
+    /* Feedback window (one or more periods). */
+    uint64_t win_charged;
+    uint64_t win_measured;
+    uint64_t win_max_batch;
+    int64_t win_ns;
+
+    /* Reporting. */
+    double current_rate;        /* bytes/s, smoothed measurement */
+    bool rate_valid;
+    int64_t throttle_ns_total;  /* all sleep prescribed */
+    uint64_t penalties;         /* charges that prescribed a sleep */
+    int64_t last_sleep_ns;      /* the most recent non-zero sleep */
+    int64_t last_period_throttle_ns; /* sleep prescribed in last period */
+    uint64_t charged_total;     /* all bytes charged */
+} DirtyLimitController;
+
+/*
+ * dirtylimit_controller_init:
+ * @c: the controller
+ * @quota_bytes_per_sec: the quota, 0 for no limit
+ * @now_ns: the current time
+ *
+ * Start a controller with a trim of 1 and a full burst of credit.
+ */
+void dirtylimit_controller_init(DirtyLimitController *c,
+                                uint64_t quota_bytes_per_sec, int64_t now_ns);
+
+/*
+ * dirtylimit_controller_set_quota:
+ * @c: the controller
+ * @quota_bytes_per_sec: the new quota, 0 to remove the limit
+ * @now_ns: the current time
+ *
+ * Change the quota.  Credit and debt are settled at the old rate up to
+ * @now_ns (a sleep still owed becomes debt), the trim is kept, and the
+ * balance is clamped to the new burst, so the controller re-converges
+ * from where it is.  Setting a quota on an unlimited vCPU starts it with a
+ * full burst; removing the limit forgets all debt.  The integration should
+ * wake a vCPU that is sleeping its penalty after any quota change: its
+ * next charge() prescribes whatever it still owes at the new rate.
+ */
+void dirtylimit_controller_set_quota(DirtyLimitController *c,
+                                     uint64_t quota_bytes_per_sec,
+                                     int64_t now_ns);
+
+/*
+ * dirtylimit_controller_charge:
+ * @c: the controller
+ * @dirtied_bytes: bytes the vCPU dirtied since its previous charge
+ * @now_ns: the current time
+ *
+ * Called by the vCPU thread each time it has harvested what it dirtied
+ * (dirty ring full, a periodic harvest kick, or TCG's write path).  The
+ * bucket is credited for the time since the previous charge at
+ * quota x trim, the batch is paid from it, and the remaining credit is
+ * capped at the burst (so a vCPU below its quota is never penalised
+ * however rarely it is harvested, and an idle vCPU cannot bank credit).
+ *
+ * Returns: how long the vCPU must sleep now, in ns.  0 when there is no
+ * limit, when @dirtied_bytes is 0, or when the balance is not negative.
+ * Otherwise the sleep repays the debt at quota x trim, at most
+ * DIRTYLIMIT_MAX_SLEEP_NS; the time of the sleep is reserved, so a vCPU
+ * that wakes early owes the rest at its next charge, and the rest of a
+ * capped debt is carried.
+ */
+int64_t dirtylimit_controller_charge(DirtyLimitController *c,
+                                     uint64_t dirtied_bytes, int64_t now_ns);
+
+/*
+ * dirtylimit_controller_feedback:
+ * @c: the controller
+ * @measured_bytes: bytes the vCPU dirtied in the period, as measured
+ *                  independently of charge() (the dirty-rate statistics)
+ * @period_ns: the length of the period, > 0
+ *
+ * Called by the controller thread once per period (1..1000 ms).  Updates
+ * the reported current rate and, when a limit is set, the trim: over a
+ * window of one or more periods it compares the measured bytes with the
+ * bytes charged, i.e. the measured rate with the rate the bucket admitted
+ * (quota x trim while the vCPU is being penalised).  When they differ by
+ * more than the dead band and by more than one harvest batch can explain,
+ * the trim moves halfway (in log space) towards the value that makes the
+ * measured rate equal to the quota, within DIRTYLIMIT_TRIM_MIN..MAX.  A
+ * vCPU that dirties little or nothing leaves the trim alone.
+ */
+void dirtylimit_controller_feedback(DirtyLimitController *c,
+                                    uint64_t measured_bytes,
+                                    int64_t period_ns);
+
+/* The quota in bytes/s, 0 when there is no limit. */
+uint64_t dirtylimit_controller_quota(const DirtyLimitController *c);
+
+/* The current trim (1.0 when measurement and charges agree). */
+double dirtylimit_controller_trim(const DirtyLimitController *c);
+
+/* The measured dirty rate in bytes/s (0 before the first feedback). */
+uint64_t dirtylimit_controller_current_rate(const DirtyLimitController *c);
+
+/* Total sleep prescribed so far, in ns. */
+int64_t dirtylimit_controller_throttle_ns_total(const DirtyLimitController *c);
+
+/* Number of charges that prescribed a sleep. */
+uint64_t dirtylimit_controller_penalties(const DirtyLimitController *c);
+
+/* The most recent non-zero sleep prescribed, in ns (0 if none yet). */
+int64_t dirtylimit_controller_last_sleep_ns(const DirtyLimitController *c);
+
+/* Sleep prescribed during the last complete feedback period, in ns. */
+int64_t
+dirtylimit_controller_period_throttle_ns(const DirtyLimitController *c);
+
+#endif /* SYSEMU_DIRTYLIMIT_CONTROLLER_H */
