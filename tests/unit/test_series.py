@@ -38,7 +38,8 @@ def patched_files(name):
 
 
 def owned_files():
-    return git('ls-files', '--', *OWNED_DIRS).split()
+    return git('ls-files', '--cached', '--others', '--exclude-standard', '--',
+               *OWNED_DIRS).split()
 
 
 def test_series_lists_every_patch_once():
