@@ -45,7 +45,8 @@ QEMU_CONFIGURE_ARGS = \
 EMULATORS := $(foreach t,$(subst $(comma), ,$(FERRY_TARGETS)),qemu-system-$(t:-softmmu=))
 QTESTS := tests/qtest/migration-test tests/qtest/qos-test \
 	tests/qtest/qmp-test tests/qtest/qom-test \
-	$(patsubst %.c,%,$(wildcard tests/qtest/ferry-*-test.c))
+	$(patsubst %.c,%,$(wildcard tests/qtest/ferry-*-test.c)) \
+	$(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
 .PHONY: all build deps deps-test prepare check demo bench guests \
 	refresh-patch export-patches checkpatch clean distclean

@@ -1,0 +1,71 @@
+/*
+ * KVM dirty ring: recovery from an overrun ring
+ *
+ * KVM reserves 64 entries of each vCPU's dirty ring past its soft limit and
+ * relies on every vCPU noticing the soft-full request before it pushes
+ * that many more.  Some hypervisors (PVM's batch instruction emulator)
+ * check the request only after a batch, push past the end of the ring and
+ * overwrite entries that userspace had not harvested.  KVM's reset index
+ * then lags userspace's fetch index, the slot at the fetch index stays
+ * empty, and every KVM_RUN exits with KVM_EXIT_DIRTY_RING_FULL while there
+ * is nothing to collect: a livelock that a client following the rules
+ * cannot leave.
+ *
+ * These helpers work on one quiescent ring.  They do not touch KVM or
+ * QEMU state, so the walk can be unit-tested over a fake ring; the caller
+ * (accel/kvm/kvm-all.c) resets the ring and, because the skipped entries
+ * named pages that were dirtied, marks all guest memory dirty.
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/atomic.h"
+#include "sysemu/kvm-dirty-ring.h"
+
+static uint32_t gfn_flags(struct kvm_dirty_gfn *gfn)
+{
+    /* Pairs with the store-release in KVM's kvm_dirty_ring_push(). */
+    return qatomic_load_acquire(&gfn->flags);
+}
+
+uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
+                                  uint32_t fetch)
+{
+    uint32_t distance, i;
+
+    if (gfn_flags(&gfns[fetch & (size - 1)]) & KVM_DIRTY_GFN_F_DIRTY) {
+        return 0;
+    }
+    for (distance = 1; distance < size; distance++) {
+        uint32_t flags = gfn_flags(&gfns[(fetch + distance) & (size - 1)]);
+
+        if (flags & KVM_DIRTY_GFN_F_DIRTY) {
+            break;
+        }
+    }
+    if (distance == size) {
+        return 0;
+    }
+    for (i = 0; i < distance; i++) {
+        qatomic_store_release(&gfns[(fetch + i) & (size - 1)].flags,
+                              KVM_DIRTY_GFN_F_RESET);
+    }
+    return distance;
+}
+
+void kvm_dirty_ring_census(struct kvm_dirty_gfn *gfns, uint32_t size,
+                           uint32_t *dirty, uint32_t *collected)
+{
+    uint32_t i;
+
+    *dirty = *collected = 0;
+    for (i = 0; i < size; i++) {
+        uint32_t flags = gfn_flags(&gfns[i]);
+
+        *dirty += !!(flags & KVM_DIRTY_GFN_F_DIRTY);
+        *collected += !!(flags & KVM_DIRTY_GFN_F_RESET);
+    }
+}

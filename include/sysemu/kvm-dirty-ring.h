@@ -1,0 +1,42 @@
+/*
+ * KVM dirty ring: recovery from an overrun ring
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef SYSEMU_KVM_DIRTY_RING_H
+#define SYSEMU_KVM_DIRTY_RING_H
+
+#include <linux/kvm.h>
+
+/**
+ * kvm_dirty_ring_skip_lost: step over the entries an overrun ring lost
+ * @gfns: a vCPU's dirty ring, which must be quiescent (the vCPU is outside
+ *        KVM_RUN, so KVM cannot push to it meanwhile)
+ * @size: number of entries in the ring (a power of two)
+ * @fetch: userspace's fetch index into the ring
+ *
+ * When the slot at @fetch is empty but a dirty slot follows it, KVM pushed
+ * more entries than the ring holds and its reset index fell behind: the
+ * empty run can never be harvested, so KVM keeps reporting the ring full.
+ * Mark the empty run collected so that KVM_RESET_DIRTY_RINGS moves past it.
+ *
+ * Returns the number of entries skipped (the entries the overrun lost), or
+ * 0 when the ring is consistent.
+ */
+uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
+                                  uint32_t fetch);
+
+/**
+ * kvm_dirty_ring_census: count a ring's slots by state, for diagnostics
+ * @gfns: the ring
+ * @size: number of entries
+ * @dirty: set to the number of dirty (unharvested) slots
+ * @collected: set to the number of slots harvested but not yet reset
+ */
+void kvm_dirty_ring_census(struct kvm_dirty_gfn *gfns, uint32_t size,
+                           uint32_t *dirty, uint32_t *collected);
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * Unit tests of the overrun dirty-ring recovery (accel/kvm/kvm-dirty-ring.c)
+ *
+ * The rings are plain arrays laid out as KVM lays them out, in the states
+ * KVM leaves them in: consistent rings must never be touched, and an
+ * overrun ring must have exactly its empty run at the fetch index handed
+ * back as collected.
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "sysemu/kvm-dirty-ring.h"
+
+#define RING_SIZE 64
+
+static struct kvm_dirty_gfn ring[RING_SIZE];
+
+static void fill(uint32_t from, uint32_t count, uint32_t flags)
+{
+    for (uint32_t i = 0; i < count; i++) {
+        ring[(from + i) % RING_SIZE].flags = flags;
+        ring[(from + i) % RING_SIZE].offset = from + i;
+    }
+}
+
+static void test_consistent_ring_untouched(void)
+{
+    memset(ring, 0, sizeof(ring));
+    fill(10, 20, KVM_DIRTY_GFN_F_DIRTY);
+    g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE, 10), ==, 0);
+    g_assert_cmpuint(ring[10].flags, ==, KVM_DIRTY_GFN_F_DIRTY);
+}
+
+static void test_empty_ring_untouched(void)
+{
+    uint32_t dirty, collected;
+
+    memset(ring, 0, sizeof(ring));
+    g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE, 5), ==, 0);
+    kvm_dirty_ring_census(ring, RING_SIZE, &dirty, &collected);
+    g_assert_cmpuint(dirty, ==, 0);
+    g_assert_cmpuint(collected, ==, 0);
+}
+
+static void test_lost_run_is_skipped(void)
+{
+    uint32_t dirty, collected;
+
+    memset(ring, 0, sizeof(ring));
+    /* fetch at 40: 7 slots lost, then dirty entries wrapping the end */
+    fill(47, 50, KVM_DIRTY_GFN_F_DIRTY);
+    g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE, 40), ==, 7);
+    for (uint32_t i = 40; i < 47; i++) {
+        g_assert_cmpuint(ring[i].flags, ==, KVM_DIRTY_GFN_F_RESET);
+    }
+    kvm_dirty_ring_census(ring, RING_SIZE, &dirty, &collected);
+    g_assert_cmpuint(dirty, ==, 50);
+    g_assert_cmpuint(collected, ==, 7);
+}
+
+static void test_fetch_index_wraps(void)
+{
+    memset(ring, 0, sizeof(ring));
+    /* fetch index far past the ring size, lost run crossing the end */
+    fill(3, 4, KVM_DIRTY_GFN_F_DIRTY);
+    g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE,
+                                              100 * RING_SIZE + 60), ==, 7);
+    g_assert_cmpuint(ring[63].flags, ==, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(ring[0].flags, ==, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(ring[3].flags, ==, KVM_DIRTY_GFN_F_DIRTY);
+}
+
+static void test_collected_slots_are_not_dirty(void)
+{
+    memset(ring, 0, sizeof(ring));
+    /* harvested-but-not-reset slots ahead do not count as dirty */
+    fill(20, 10, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE, 15), ==, 0);
+    fill(30, 1, KVM_DIRTY_GFN_F_DIRTY);
+    g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE, 15), ==, 15);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/kvm/dirty-ring/consistent-ring-untouched",
+                    test_consistent_ring_untouched);
+    g_test_add_func("/kvm/dirty-ring/empty-ring-untouched",
+                    test_empty_ring_untouched);
+    g_test_add_func("/kvm/dirty-ring/lost-run-skipped",
+                    test_lost_run_is_skipped);
+    g_test_add_func("/kvm/dirty-ring/fetch-index-wraps",
+                    test_fetch_index_wraps);
+    g_test_add_func("/kvm/dirty-ring/collected-slots-not-dirty",
+                    test_collected_slots_are_not_dirty);
+    return g_test_run();
+}
