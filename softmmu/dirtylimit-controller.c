@@ -17,17 +17,21 @@
  *   more than the burst.  When the balance goes negative the vCPU sleeps
  *   exactly as long as the allowance takes to repay it; that time is
  *   reserved (last_ns moves to the wake-up time) so it is not credited
- *   twice, and an early wake-up still owes the rest.
+ *   twice, and an early wake-up still owes the rest.  One sleep is at
+ *   most DIRTYLIMIT_MAX_SLEEP_NS; wakeup() hands out the rest of a larger
+ *   debt, and debt beyond DIRTYLIMIT_MAX_OWED_NS is forgiven.
  *
  * - feedback() estimates the gain between the bytes charged and the bytes
- *   measured independently, from the ratio of the two over a window, and
- *   moves the trim halfway towards it in log space.  While the vCPU is
- *   penalised, charged/window = quota x trim and the correction factor is
- *   exactly quota / measured rate; using the bytes actually charged keeps
- *   harvest bursts, idle time and slow vCPUs from moving the trim (no
- *   wind-up), and the window grows until the error is larger than one
- *   harvest batch can explain, so coarse batches at small quotas do not
- *   make the trim jitter.
+ *   measured independently, from the ratio of the two accumulated over
+ *   many periods, and moves the trim halfway towards it in log space.
+ *   While the vCPU is penalised it charges quota x trim per second, so
+ *   the correction is exactly quota / measured rate; using the bytes
+ *   actually charged instead of the quota keeps harvest bursts, idle
+ *   time and slow vCPUs from moving the trim (no wind-up).  The gain does
+ *   not depend on the trim, so the evidence is kept across corrections;
+ *   the trim moves only when the error is larger than one harvest batch
+ *   counted in the wrong period could explain, so coarse batches at small
+ *   quotas do not make it jitter, and it gets more precise with time.
  *
  * Copyright (c) 2026 The Ferry developers
  *
@@ -39,12 +43,11 @@
 #include <math.h>
 
 /*
- * Largest batch and debt accepted, in bytes: far beyond any real batch
- * (a 64 Ki-entry ring of 4 KiB pages is 256 MiB), and small enough that
- * the double arithmetic below stays exact to the byte.
+ * Largest batch accepted, in bytes: far beyond any real batch (a 64
+ * Ki-entry ring of 4 KiB pages is 256 MiB), and small enough that the
+ * double arithmetic below stays exact to the byte.
  */
 #define DL_MAX_BATCH            (1ULL << 50)
-#define DL_MAX_DEBT             ((double)(1ULL << 52))
 
 /* The rate at which the bucket is credited, bytes/s; quota must be set. */
 static double dl_allowance(const DirtyLimitController *c)
@@ -61,10 +64,12 @@ static double dl_burst(const DirtyLimitController *c)
 }
 
 /*
- * Relative dead band of the feedback: 2% of the quota, but never below
- * 256 KiB/s (64 pages/s), where a quota is small enough (under 12.5 MB/s)
- * that a few pages of counting noise would exceed 2%.  Both are well
- * inside the acceptance band of SPEC section 1, max(5%, 1 MB/s).
+ * Relative dead band of the feedback: 1% of the quota, but never below
+ * 128 KiB/s (32 pages/s), where a quota is small enough (under 12.5 MB/s)
+ * that a few pages of counting noise would exceed 1%.  Together with the
+ * batch uncertainty (at most 1/DIRTYLIMIT_EVIDENCE_BATCHES once enough
+ * evidence is in) this stays well inside the acceptance band of SPEC
+ * section 1, max(5%, 1 MB/s), while sparing the trim needless steps.
  */
 static double dl_tolerance(const DirtyLimitController *c)
 {
@@ -83,12 +88,25 @@ static void dl_accrue(DirtyLimitController *c, int64_t now_ns)
     }
 }
 
-static void dl_window_reset(DirtyLimitController *c)
+/*
+ * Forgive debt beyond DIRTYLIMIT_MAX_OWED_NS of allowance (counting what
+ * is already reserved), so that no batch holds a vCPU for longer.
+ */
+static void dl_clamp_debt(DirtyLimitController *c, int64_t now_ns)
 {
-    c->win_charged = 0;
-    c->win_measured = 0;
-    c->win_max_batch = 0;
-    c->win_ns = 0;
+    int64_t reserved = MAX(c->last_ns - now_ns, 0);
+    double limit = (double)(DIRTYLIMIT_MAX_OWED_NS - reserved) *
+                   dl_allowance(c) / DIRTYLIMIT_NS_PER_SEC;
+
+    c->balance = MAX(c->balance, -limit);
+}
+
+/* A reservation can never reach further than one maximal sleep. */
+static void dl_clamp_reservation(DirtyLimitController *c, int64_t now_ns)
+{
+    if (c->last_ns - now_ns > DIRTYLIMIT_MAX_SLEEP_NS) {
+        c->last_ns = now_ns + DIRTYLIMIT_MAX_SLEEP_NS;
+    }
 }
 
 void dirtylimit_controller_init(DirtyLimitController *c,
@@ -118,7 +136,6 @@ void dirtylimit_controller_set_quota(DirtyLimitController *c,
         } else {
             c->balance -= (double)(c->last_ns - now_ns) * dl_allowance(c) /
                           DIRTYLIMIT_NS_PER_SEC;
-            c->balance = MAX(c->balance, -DL_MAX_DEBT);
         }
     }
     c->last_ns = now_ns;
@@ -127,22 +144,60 @@ void dirtylimit_controller_set_quota(DirtyLimitController *c,
     if (!c->quota) {
         c->balance = 0;
         c->burst = 0;
-        dl_window_reset(c);
         return;
     }
     c->burst = dl_burst(c);
     if (!was_limited) {
         c->balance = c->burst;
-        dl_window_reset(c);
     }
     c->balance = MIN(c->balance, c->burst);
+    dl_clamp_debt(c, now_ns);
+}
+
+/*
+ * Prescribe the sleep still owed at @now_ns: the reserved time (last_ns
+ * beyond now) plus the time the allowance takes to repay the debt, at
+ * most DIRTYLIMIT_MAX_SLEEP_NS.  The credit up to last_ns is spent
+ * already, so repayment starts there; the sleep is reserved by moving
+ * last_ns to the wake-up time, and what a capped sleep does not repay
+ * stays as debt.  The bucket must be accrued up to @now_ns.
+ */
+static int64_t dl_prescribe(DirtyLimitController *c, int64_t now_ns)
+{
+    double allowance = dl_allowance(c);
+    int64_t start_ns = MAX(c->last_ns, now_ns);
+    int64_t wake_ns;
+    double wake;
+
+    if (c->balance >= 0) {
+        wake_ns = start_ns;
+    } else {
+        wake = (double)start_ns +
+               ceil(-c->balance * DIRTYLIMIT_NS_PER_SEC / allowance);
+        if (wake - (double)now_ns > DIRTYLIMIT_MAX_SLEEP_NS) {
+            wake_ns = now_ns + DIRTYLIMIT_MAX_SLEEP_NS;
+            c->balance += (double)(wake_ns - start_ns) * allowance /
+                          DIRTYLIMIT_NS_PER_SEC;
+            c->balance = MIN(c->balance, 0.0);
+        } else {
+            wake_ns = (int64_t)wake;
+            c->balance = 0;
+        }
+    }
+    /* Only newly reserved time counts as throttling. */
+    c->throttle_ns_total += wake_ns - start_ns;
+    c->period_throttle_ns += wake_ns - start_ns;
+    c->last_ns = wake_ns;
+    if (wake_ns > now_ns) {
+        c->last_sleep_ns = wake_ns - now_ns;
+    }
+    return wake_ns - now_ns;
 }
 
 int64_t dirtylimit_controller_charge(DirtyLimitController *c,
                                      uint64_t dirtied_bytes, int64_t now_ns)
 {
-    double allowance, need_ns, wake;
-    int64_t wake_ns, sleep_ns;
+    int64_t sleep_ns;
 
     dirtied_bytes = MIN(dirtied_bytes, DL_MAX_BATCH);
     c->charged_total += dirtied_bytes;
@@ -154,96 +209,73 @@ int64_t dirtylimit_controller_charge(DirtyLimitController *c,
         return 0;
     }
 
-    /* A reservation can never reach further than one maximal sleep. */
-    if (c->last_ns - now_ns > DIRTYLIMIT_MAX_SLEEP_NS) {
-        c->last_ns = now_ns + DIRTYLIMIT_MAX_SLEEP_NS;
-    }
-
     /* Pay the batch from the credit of its interval, then cap the rest. */
+    dl_clamp_reservation(c, now_ns);
     dl_accrue(c, now_ns);
     c->balance -= (double)dirtied_bytes;
     c->balance = MIN(c->balance, c->burst);
-    c->balance = MAX(c->balance, -DL_MAX_DEBT);
+    dl_clamp_debt(c, now_ns);
 
     if (dirtied_bytes == 0 || c->balance >= 0) {
         return 0;
     }
-
-    /*
-     * Debt: sleep until the allowance has repaid it.  Credit is already
-     * spent up to last_ns (now, or later if an earlier sleep is still
-     * owed), so repayment starts there.
-     */
-    allowance = dl_allowance(c);
-    need_ns = -c->balance * DIRTYLIMIT_NS_PER_SEC / allowance;
-    wake = (double)c->last_ns + ceil(need_ns);
-    if (wake - (double)now_ns > DIRTYLIMIT_MAX_SLEEP_NS) {
-        wake_ns = now_ns + DIRTYLIMIT_MAX_SLEEP_NS;
-        c->balance += (double)(wake_ns - c->last_ns) * allowance /
-                      DIRTYLIMIT_NS_PER_SEC;
-        c->balance = MIN(c->balance, 0.0);
-    } else {
-        wake_ns = (int64_t)wake;
-        c->balance = 0;
-    }
-    c->last_ns = wake_ns;
-    sleep_ns = wake_ns - now_ns;
-
-    c->throttle_ns_total += sleep_ns;
-    c->period_throttle_ns += sleep_ns;
+    sleep_ns = dl_prescribe(c, now_ns);
     c->penalties++;
-    c->last_sleep_ns = sleep_ns;
     return sleep_ns;
 }
 
-/* Adjust the trim from the window, if the window can tell. */
+int64_t dirtylimit_controller_wakeup(DirtyLimitController *c, int64_t now_ns)
+{
+    if (!c->quota) {
+        return 0;
+    }
+    dl_clamp_reservation(c, now_ns);
+    /*
+     * Not capped at the burst: credit for oversleeping belongs to the
+     * interval that the next charge() pays for, as if it accrued it.
+     */
+    dl_accrue(c, now_ns);
+    return dl_prescribe(c, now_ns);
+}
+
+/* Move the trim towards what the evidence says, if it says enough. */
 static void dl_trim_update(DirtyLimitController *c)
 {
-    double factor, err, resolution, trim;
+    uint64_t batch = MAX(c->ev_max_batch, c->ev_prev_max_batch);
+    double err, uncertainty, trim;
 
-    if (c->win_ns < DIRTYLIMIT_WINDOW_MIN_NS) {
-        return;
-    }
-    if (c->win_charged < DIRTYLIMIT_WINDOW_MIN_BYTES ||
-        c->win_measured == 0) {
-        /* Too little activity to say anything: never wind up on it. */
-        if (c->win_ns >= DIRTYLIMIT_WINDOW_MAX_NS) {
-            dl_window_reset(c);
-        }
+    /* Too little activity to say anything: never wind up on it. */
+    if (c->ev_charged < DIRTYLIMIT_EVIDENCE_MIN || c->ev_measured <= 0) {
         return;
     }
 
     /*
      * The trim that makes the measured rate equal to the quota is
-     * charged / measured; factor is the way from here to there.
+     * charged / measured; err is the way from here to there (log space).
+     * Measurement and charges may disagree on which period one harvest
+     * batch belongs to, so an error that one batch explains is no error.
      */
-    factor = (double)c->win_charged / ((double)c->win_measured * c->trim);
-    err = fabs(log(factor));
-    if (err <= log1p(dl_tolerance(c))) {
-        dl_window_reset(c);
-        return;
+    err = log(c->ev_charged / (c->ev_measured * c->trim));
+    uncertainty = (double)batch / c->ev_charged;
+    if (fabs(err) > uncertainty + log1p(dl_tolerance(c))) {
+        trim = c->trim * exp(err / 2);
+        trim = MAX(trim, DIRTYLIMIT_TRIM_MIN);
+        trim = MIN(trim, DIRTYLIMIT_TRIM_MAX);
+        c->trim = trim;
+        c->burst = dl_burst(c);
+        c->balance = MIN(c->balance, c->burst);
     }
 
-    /*
-     * Measurement and charges may disagree on which window one harvest
-     * batch belongs to; wait until the error is larger than that.
-     */
-    resolution = (double)c->win_max_batch / (double)c->win_charged;
-    if (err <= resolution) {
-        if (c->win_ns >= DIRTYLIMIT_WINDOW_MAX_NS) {
-            dl_window_reset(c);
-        }
-        return;
+    /* Let old evidence fade once there is plenty. */
+    if (c->ev_charged >= (double)DIRTYLIMIT_EVIDENCE_BATCHES * batch &&
+        c->ev_charged >= 2.0 * DIRTYLIMIT_EVIDENCE_MIN &&
+        c->ev_ns >= DIRTYLIMIT_EVIDENCE_NS) {
+        c->ev_charged /= 2;
+        c->ev_measured /= 2;
+        c->ev_ns /= 2;
+        c->ev_prev_max_batch = c->ev_max_batch;
+        c->ev_max_batch = 0;
     }
-
-    /* Halfway in log space, within bounds. */
-    trim = c->trim * sqrt(factor);
-    trim = MAX(trim, DIRTYLIMIT_TRIM_MIN);
-    trim = MIN(trim, DIRTYLIMIT_TRIM_MAX);
-    c->trim = trim;
-    c->burst = dl_burst(c);
-    c->balance = MIN(c->balance, c->burst);
-    dl_window_reset(c);
 }
 
 void dirtylimit_controller_feedback(DirtyLimitController *c,
@@ -269,10 +301,10 @@ void dirtylimit_controller_feedback(DirtyLimitController *c,
     /* Close the period. */
     c->last_period_throttle_ns = c->period_throttle_ns;
     if (c->quota) {
-        c->win_charged += c->period_charged;
-        c->win_measured += measured_bytes;
-        c->win_max_batch = MAX(c->win_max_batch, c->period_max_batch);
-        c->win_ns += period_ns;
+        c->ev_charged += c->period_charged;
+        c->ev_measured += measured_bytes;
+        c->ev_max_batch = MAX(c->ev_max_batch, c->period_max_batch);
+        c->ev_ns += period_ns;
     }
     c->period_charged = 0;
     c->period_max_batch = 0;

@@ -45,10 +45,19 @@
 #define DIRTYLIMIT_NS_PER_SEC           1000000000LL
 
 /*
- * Longest single sleep charge() prescribes.  Debt beyond it is carried and
- * paid by later sleeps, so one huge batch cannot freeze a vCPU for long.
+ * Longest single sleep charge() or wakeup() prescribes.  Debt beyond it
+ * is carried and paid by later sleeps, so that a vCPU always wakes up at
+ * least once a second to look at its state.
  */
 #define DIRTYLIMIT_MAX_SLEEP_NS         DIRTYLIMIT_NS_PER_SEC
+
+/*
+ * Most sleep a vCPU can owe at once; debt beyond it is forgiven, so that
+ * one huge batch (pages dirtied before the limit was set, a quota cut from
+ * 1000 to 1 MB/s) cannot freeze a vCPU for long.  It also bounds the
+ * smallest quota that batches of B bytes can be held at: B / 10 s.
+ */
+#define DIRTYLIMIT_MAX_OWED_NS          (10 * DIRTYLIMIT_NS_PER_SEC)
 
 /*
  * Burst: the most credit a vCPU can keep between two charges is the larger
@@ -64,19 +73,22 @@
 /*
  * Feedback dead band: the trim is left alone while the measured rate is
  * within the larger of DIRTYLIMIT_TOLERANCE_REL x quota and
- * DIRTYLIMIT_TOLERANCE_ABS bytes/s of the rate the bucket admitted.
+ * DIRTYLIMIT_TOLERANCE_ABS bytes/s of the rate the bucket admitted, plus
+ * what one harvest batch counted in the wrong period can explain.
  */
-#define DIRTYLIMIT_TOLERANCE_REL        0.02
-#define DIRTYLIMIT_TOLERANCE_ABS        (256 * 1024)
+#define DIRTYLIMIT_TOLERANCE_REL        0.01
+#define DIRTYLIMIT_TOLERANCE_ABS        (128 * 1024)
 
 /*
- * The feedback acts on windows of at least DIRTYLIMIT_WINDOW_MIN_NS that
- * hold at least DIRTYLIMIT_WINDOW_MIN_BYTES charged; a window that cannot
- * resolve an error within DIRTYLIMIT_WINDOW_MAX_NS is dropped.
+ * Evidence for the trim: nothing is decided before
+ * DIRTYLIMIT_EVIDENCE_MIN bytes have been charged under a limit, and the
+ * evidence is halved (old periods weigh less) once it holds
+ * DIRTYLIMIT_EVIDENCE_BATCHES of the largest harvest batch and covers
+ * DIRTYLIMIT_EVIDENCE_NS.
  */
-#define DIRTYLIMIT_WINDOW_MIN_NS        (100 * 1000 * 1000LL)
-#define DIRTYLIMIT_WINDOW_MAX_NS        (10 * DIRTYLIMIT_NS_PER_SEC)
-#define DIRTYLIMIT_WINDOW_MIN_BYTES     (256 * 1024)
+#define DIRTYLIMIT_EVIDENCE_MIN         (256 * 1024)
+#define DIRTYLIMIT_EVIDENCE_BATCHES     128
+#define DIRTYLIMIT_EVIDENCE_NS          (2 * DIRTYLIMIT_NS_PER_SEC)
 
 /*
  * The reported current rate is an average over about this long (or the
@@ -104,16 +116,17 @@ typedef struct DirtyLimitController {
     uint64_t period_max_batch;
     int64_t period_throttle_ns;
 
-    /* Feedback window (one or more periods). */
-    uint64_t win_charged;
-    uint64_t win_measured;
-    uint64_t win_max_batch;
-    int64_t win_ns;
+    /* Feedback evidence, accumulated over periods under a limit. */
+    double ev_charged;
+    double ev_measured;
+    uint64_t ev_max_batch;
+    uint64_t ev_prev_max_batch;
+    int64_t ev_ns;
 
     /* Reporting. */
     double current_rate;        /* bytes/s, smoothed measurement */
     bool rate_valid;
-    int64_t throttle_ns_total;  /* all sleep prescribed */
+    int64_t throttle_ns_total;  /* all sleep prescribed, each ns once */
     uint64_t penalties;         /* charges that prescribed a sleep */
     int64_t last_sleep_ns;      /* the most recent non-zero sleep */
     int64_t last_period_throttle_ns; /* sleep prescribed in last period */
@@ -167,10 +180,29 @@ void dirtylimit_controller_set_quota(DirtyLimitController *c,
  * Otherwise the sleep repays the debt at quota x trim, at most
  * DIRTYLIMIT_MAX_SLEEP_NS; the time of the sleep is reserved, so a vCPU
  * that wakes early owes the rest at its next charge, and the rest of a
- * capped debt is carried.
+ * capped debt is carried (see dirtylimit_controller_wakeup()).
  */
 int64_t dirtylimit_controller_charge(DirtyLimitController *c,
                                      uint64_t dirtied_bytes, int64_t now_ns);
+
+/*
+ * dirtylimit_controller_wakeup:
+ * @c: the controller
+ * @now_ns: the current time
+ *
+ * Called by the vCPU thread when it wakes from a sleep that charge() or
+ * wakeup() prescribed, before it runs the guest again, unless it was
+ * woken to stop or because the quota changed.
+ *
+ * Returns: the further sleep still owed for what the vCPU has already
+ * dirtied, in ns, at most DIRTYLIMIT_MAX_SLEEP_NS: the rest of a sleep cut
+ * short, and the next slice of a debt larger than one sleep.  0 when it
+ * owes nothing.  Sleeping in such slices holds the quota even when one
+ * batch is worth more than a second of it (large rings without a harvest
+ * kick, quotas of a few MB/s), while the vCPU looks at its state at least
+ * once a second.
+ */
+int64_t dirtylimit_controller_wakeup(DirtyLimitController *c, int64_t now_ns);
 
 /*
  * dirtylimit_controller_feedback:
@@ -180,14 +212,15 @@ int64_t dirtylimit_controller_charge(DirtyLimitController *c,
  * @period_ns: the length of the period, > 0
  *
  * Called by the controller thread once per period (1..1000 ms).  Updates
- * the reported current rate and, when a limit is set, the trim: over a
- * window of one or more periods it compares the measured bytes with the
- * bytes charged, i.e. the measured rate with the rate the bucket admitted
- * (quota x trim while the vCPU is being penalised).  When they differ by
- * more than the dead band and by more than one harvest batch can explain,
- * the trim moves halfway (in log space) towards the value that makes the
- * measured rate equal to the quota, within DIRTYLIMIT_TRIM_MIN..MAX.  A
- * vCPU that dirties little or nothing leaves the trim alone.
+ * the reported current rate and, when a limit is set, the trim.  The
+ * measured bytes and the bytes charged in the period are added to the
+ * evidence; their ratio is the trim that makes the measured rate equal
+ * to the quota (while the vCPU is penalised it charges quota x trim, so
+ * this is moving the trim by quota / measured rate).  When the trim is
+ * further from it than the dead band plus one harvest batch can explain,
+ * it moves halfway there in log space, within DIRTYLIMIT_TRIM_MIN..MAX.
+ * The ratio does not depend on how busy the vCPU is, and a vCPU that
+ * dirties nothing adds no evidence, so the trim cannot wind up.
  */
 void dirtylimit_controller_feedback(DirtyLimitController *c,
                                     uint64_t measured_bytes,
@@ -202,7 +235,10 @@ double dirtylimit_controller_trim(const DirtyLimitController *c);
 /* The measured dirty rate in bytes/s (0 before the first feedback). */
 uint64_t dirtylimit_controller_current_rate(const DirtyLimitController *c);
 
-/* Total sleep prescribed so far, in ns. */
+/*
+ * Total sleep prescribed so far, in ns; time prescribed again after an
+ * early wake-up is counted once.
+ */
 int64_t dirtylimit_controller_throttle_ns_total(const DirtyLimitController *c);
 
 /* Number of charges that prescribed a sleep. */
