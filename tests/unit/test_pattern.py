@@ -40,3 +40,10 @@ def test_page_bytes_picks_first_byte_of_each_page():
         dump[i * PAGE] = i + 1
         dump[i * PAGE + 1] = 0xee
     assert page_bytes(bytes(dump), start=0x100000, base=0x100000) == b'\1\2\3\4'
+
+
+def test_pages_written_counts_passes_and_prefix():
+    from ferry.pattern import pages_written
+    assert pages_written(bytes([5] * 10), 5) == 50
+    assert pages_written(bytes([6] * 3 + [5] * 7), 5) == 53
+    assert pages_written(bytes([0] * 4 + [255] * 6), 255) == 255 * 10 + 4

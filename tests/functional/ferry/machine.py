@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from ferry import env
-from ferry.pattern import PASS_COUNTER, DIRTY_START, page_bytes
+from ferry.pattern import PASS_COUNTER, DIRTY_START, page_bytes, pages_written
 from qemu.machine import QEMUMachine  # noqa: E402  (env sets sys.path)
 
 DIRTY_END = {'x86-dirty.img': 100 << 20, 'x86-dirty-32m.img': 32 << 20}
@@ -28,7 +28,7 @@ class Guest(QEMUMachine):
 
     def __init__(self, flavour='ferry', target='x86_64', name='vm', args=(),
                  accel='tcg'):
-        self.flavour, self.target = flavour, target
+        self.flavour, self.target, self.accel = flavour, target, accel
         self.tmpdir = tempfile.mkdtemp(prefix='ferry-%s-' % name)
         self.serial_path = os.path.join(self.tmpdir, 'serial.log')
         super().__init__(env.binary(flavour, target), name=name,
@@ -120,3 +120,18 @@ def wait_running(vm, timeout=30):
         time.sleep(0.1)
     raise AssertionError('%s not running after %ds: %s'
                          % (vm._name, timeout, vm.command('query-status')))
+
+
+def guest_progress(guest):
+    """(seconds, bytes) the guest has dirtied so far by its own count: one
+    4 KiB page per page write of tests/guests/x86-dirty.S."""
+    passes = pass_counter(guest)
+    return time.monotonic(), pages_written(dirty_pages(guest), passes) * 4096
+
+
+def guest_rate(guest, seconds):
+    """The guest's own dirty rate over SECONDS, in MB/s (MB = 2^20)."""
+    t0, b0 = guest_progress(guest)
+    time.sleep(seconds)
+    t1, b1 = guest_progress(guest)
+    return (b1 - b0) / (t1 - t0) / (1 << 20)

@@ -41,3 +41,14 @@ def pattern_passes(values):
     the current pass); with PASS_COUNTER mod 256 it tells how far the
     guest got."""
     return values[-1]
+
+
+def pages_written(values, passes):
+    """Total page writes the guest has made: PASSES complete passes over
+    all pages, plus the prefix of the current pass already written (pages
+    whose byte is one ahead of the pass count)."""
+    ahead = (passes + 1) & 0xff
+    prefix = 0
+    while prefix < len(values) and values[prefix] == ahead:
+        prefix += 1
+    return passes * len(values) + prefix

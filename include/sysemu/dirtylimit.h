@@ -1,0 +1,58 @@
+/*
+ * vCPU dirty page rate limit ("dirty limit")
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef SYSEMU_DIRTYLIMIT_H
+#define SYSEMU_DIRTYLIMIT_H
+
+/**
+ * dirtylimit_in_service: true while any vCPU has a dirty page rate limit.
+ * Cheap enough for every KVM_RUN.
+ */
+bool dirtylimit_in_service(void);
+
+/**
+ * dirtylimit_vcpu_execute: charge @cpu for the pages it dirtied since its
+ * last charge and sleep the penalty its controller prescribes.  Called
+ * by the vCPU thread before entering the guest, without the BQL.  Returns
+ * early when the vCPU is asked to stop or to run queued work.
+ */
+void dirtylimit_vcpu_execute(CPUState *cpu);
+
+/**
+ * dirtylimit_vcpu_harvest_due: true when @cpu is limited and its dirty
+ * ring should be harvested before it enters the guest again.
+ */
+bool dirtylimit_vcpu_harvest_due(CPUState *cpu);
+
+/**
+ * dirtylimit_migration_engage: limit every vCPU to @quota_mb MB/s for the
+ * migration in progress, with a feedback period of @period_ms.  Limits
+ * set this way are removed by dirtylimit_migration_release().
+ */
+void dirtylimit_migration_engage(uint64_t quota_mb, uint64_t period_ms);
+
+/**
+ * dirtylimit_migration_release: remove the limits migration set, when it
+ * completes, fails or is cancelled.  Limits set by the user stay.
+ */
+void dirtylimit_migration_release(void);
+
+/**
+ * dirtylimit_throttle_time_per_round: the longest penalty (us) a vCPU
+ * slept in the last feedback period.
+ */
+uint64_t dirtylimit_throttle_time_per_round(void);
+
+/**
+ * dirtylimit_ring_full_time: how long (us) a dirty ring takes to fill at
+ * the limited vCPUs' average measured dirty rate; 0 when they dirty
+ * nothing.
+ */
+uint64_t dirtylimit_ring_full_time(void);
+
+#endif

@@ -1,0 +1,543 @@
+/*
+ * vCPU dirty page rate limit ("dirty limit")
+ *
+ * Caps how fast each vCPU may dirty guest memory so that a busy guest
+ * becomes migratable without slowing vCPUs that dirty little.  This file
+ * owns the per-vCPU limits, the controller thread and the QMP/HMP
+ * commands; the penalty itself is computed by the pure controller in
+ * softmmu/dirtylimit-controller.c.
+ *
+ * How it works with the KVM dirty ring:
+ *  - A limited vCPU harvests its own dirty ring every time it leaves
+ *    KVM_RUN (accel/kvm/kvm-all.c), which counts its dirtied pages in
+ *    CPUState::dirty_pages.
+ *  - Before it re-enters the guest, dirtylimit_vcpu_execute() charges the
+ *    pages dirtied since the last charge to the vCPU's leaky bucket and
+ *    sleeps the penalty the bucket prescribes: the vCPU's dirty rate
+ *    cannot exceed its quota over any interval, however small the quota.
+ *  - The controller thread kicks limited vCPUs every few milliseconds, so
+ *    rings are harvested long before they fill (a ring that overflows
+ *    anyway is recovered by kvm-all.c), and once a period feeds the
+ *    measured rate back to each controller, which trims the bucket so the
+ *    measured rate sits at the quota and reports it as current-rate.
+ *
+ * Locking: the QMP/HMP commands and the migration hooks run under the
+ * BQL; a vCPU's controller is guarded by its own mutex, so vCPU threads
+ * and the controller thread never take the BQL here.
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qmp/qerror.h"
+#include "qapi/qapi-commands-migration.h"
+#include "qapi/qmp/qdict.h"
+#include "qemu/main-loop.h"
+#include "qemu/rcu.h"
+#include "qemu/thread.h"
+#include "qemu/timer.h"
+#include "exec/memory.h"
+#include "exec/target_page.h"
+#include "hw/boards.h"
+#include "hw/core/cpu.h"
+#include "monitor/hmp.h"
+#include "monitor/monitor.h"
+#include "sysemu/kvm.h"
+#include "sysemu/dirtylimit.h"
+#include "sysemu/dirtylimit-controller.h"
+#include "trace.h"
+
+/* Feedback period of limits set by the user (migration sets its own). */
+#define DIRTYLIMIT_DEFAULT_PERIOD_MS    1000
+/* Largest quota accepted, in MB/s: far above any memory bandwidth. */
+#define DIRTYLIMIT_MAX_RATE_MB          (1 << 20)
+/* Longest nap between checks for a stop request while penalised. */
+#define DIRTYLIMIT_NAP_US               1000
+
+typedef struct DirtyLimitVcpu {
+    QemuMutex lock;                 /* guards ctl and the page counts */
+    DirtyLimitController ctl;
+    bool limited;                   /* read locklessly by the vCPU */
+    bool by_migration;              /* set by dirtylimit_migration_engage */
+    bool sleeping;                  /* serving a penalty; not worth a kick */
+    uint64_t quota_mb;
+    uint64_t charged_pages;         /* CPUState::dirty_pages charged so far */
+    uint64_t period_pages;          /* CPUState::dirty_pages at period start */
+} DirtyLimitVcpu;
+
+static struct {
+    DirtyLimitVcpu *vcpus;          /* max_cpus entries, allocated once */
+    int max_cpus;
+    int nlimited;                   /* under the BQL */
+    bool in_service;                /* read locklessly */
+    int64_t period_ns;              /* read locklessly */
+    QemuThread thread;
+    bool thread_running;            /* under the BQL */
+    bool thread_quit;
+} dirtylimit;
+
+bool dirtylimit_in_service(void)
+{
+    return qatomic_read(&dirtylimit.in_service);
+}
+
+static DirtyLimitVcpu *dirtylimit_vcpu(CPUState *cpu)
+{
+    if (!dirtylimit_in_service() || cpu->cpu_index >= dirtylimit.max_cpus) {
+        return NULL;
+    }
+    return &dirtylimit.vcpus[cpu->cpu_index];
+}
+
+bool dirtylimit_vcpu_harvest_due(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+    return v && qatomic_read(&v->limited);
+}
+
+/*
+ * Sleep @ns, in naps, unless the vCPU must stop, has work queued or lost
+ * its limit.  Returns true if the whole penalty was served.
+ */
+static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
+{
+    int64_t end = get_clock() + ns;
+
+    for (;;) {
+        int64_t left = end - get_clock();
+
+        if (left <= 0) {
+            return true;
+        }
+        if (qatomic_read(&cpu->stop) || qatomic_read(&cpu->exit_request) ||
+            !QSIMPLEQ_EMPTY_ATOMIC(&cpu->work_list) ||
+            !qatomic_read(&v->limited)) {
+            return false;
+        }
+        g_usleep(MIN(left / SCALE_US + 1, DIRTYLIMIT_NAP_US));
+    }
+}
+
+void dirtylimit_vcpu_execute(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+    uint64_t pages, bytes;
+    int64_t sleep_ns;
+
+    if (!v || !qatomic_read(&v->limited)) {
+        return;
+    }
+    qemu_mutex_lock(&v->lock);
+    pages = qatomic_read(&cpu->dirty_pages);
+    bytes = (pages - v->charged_pages) * qemu_target_page_size();
+    v->charged_pages = pages;
+    sleep_ns = dirtylimit_controller_charge(&v->ctl, bytes, get_clock());
+    qemu_mutex_unlock(&v->lock);
+
+    if (sleep_ns <= 0) {
+        return;
+    }
+    trace_dirtylimit_vcpu_execute(cpu->cpu_index, sleep_ns / SCALE_US);
+    qatomic_set(&v->sleeping, true);
+    while (sleep_ns > 0 && dirtylimit_vcpu_nap(cpu, v, sleep_ns)) {
+        qemu_mutex_lock(&v->lock);
+        sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
+        qemu_mutex_unlock(&v->lock);
+    }
+    qatomic_set(&v->sleeping, false);
+    cpu->throttle_us_per_full =
+        dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
+}
+
+/* Harvest interval: a kick well before a vCPU at full speed fills half
+ * its ring (0.65 M pages/s fill 4096 entries in about 6 ms). */
+static int64_t dirtylimit_kick_interval_us(void)
+{
+    uint32_t ring = kvm_enabled() ? kvm_dirty_ring_size() : 0;
+
+    return MAX(500, MIN(5000, ring / 2));
+}
+
+static void dirtylimit_kick_busy_vcpus(void)
+{
+    CPUState *cpu;
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        CPU_FOREACH(cpu) {
+            DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+            if (v && qatomic_read(&v->limited) &&
+                !qatomic_read(&v->sleeping)) {
+                qemu_cpu_kick(cpu);
+            }
+        }
+    }
+}
+
+static void dirtylimit_feedback_all(int64_t period_ns)
+{
+    CPUState *cpu;
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        CPU_FOREACH(cpu) {
+            DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+            uint64_t pages;
+
+            if (!v || !qatomic_read(&v->limited)) {
+                continue;
+            }
+            qemu_mutex_lock(&v->lock);
+            pages = qatomic_read(&cpu->dirty_pages);
+            dirtylimit_controller_feedback(&v->ctl,
+                (pages - v->period_pages) * qemu_target_page_size(),
+                period_ns);
+            v->period_pages = pages;
+            qemu_mutex_unlock(&v->lock);
+        }
+    }
+}
+
+static void *dirtylimit_thread(void *opaque)
+{
+    int64_t period_start = get_clock();
+
+    rcu_register_thread();
+    while (!qatomic_read(&dirtylimit.thread_quit)) {
+        int64_t now = get_clock();
+
+        if (now - period_start >= qatomic_read(&dirtylimit.period_ns)) {
+            dirtylimit_feedback_all(now - period_start);
+            period_start = now;
+        }
+        dirtylimit_kick_busy_vcpus();
+        g_usleep(dirtylimit_kick_interval_us());
+    }
+    rcu_unregister_thread();
+    return NULL;
+}
+
+static void dirtylimit_state_init(void)
+{
+    MachineState *ms = MACHINE(qdev_get_machine());
+    int i;
+
+    if (dirtylimit.vcpus) {
+        return;
+    }
+    dirtylimit.max_cpus = ms->smp.max_cpus;
+    dirtylimit.vcpus = g_new0(DirtyLimitVcpu, dirtylimit.max_cpus);
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        qemu_mutex_init(&dirtylimit.vcpus[i].lock);
+    }
+    dirtylimit.period_ns = DIRTYLIMIT_DEFAULT_PERIOD_MS * SCALE_MS;
+}
+
+/* Start or stop the controller thread as limits come and go (BQL held). */
+static void dirtylimit_update_service(void)
+{
+    bool want = dirtylimit.nlimited > 0;
+
+    qatomic_set(&dirtylimit.in_service, want);
+    if (want && !dirtylimit.thread_running) {
+        /* The dirty ring only records pages while dirty logging is on. */
+        memory_global_dirty_log_start(GLOBAL_DIRTY_LIMIT);
+        qatomic_set(&dirtylimit.thread_quit, false);
+        qemu_thread_create(&dirtylimit.thread, "dirtylimit",
+                           dirtylimit_thread, NULL, QEMU_THREAD_JOINABLE);
+        dirtylimit.thread_running = true;
+    } else if (!want && dirtylimit.thread_running) {
+        /* The thread never takes the BQL, so joining under it is safe. */
+        qatomic_set(&dirtylimit.thread_quit, true);
+        qemu_thread_join(&dirtylimit.thread);
+        dirtylimit.thread_running = false;
+        memory_global_dirty_log_stop(GLOBAL_DIRTY_LIMIT);
+    }
+}
+
+static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
+                                bool by_migration)
+{
+    DirtyLimitVcpu *v = &dirtylimit.vcpus[cpu_index];
+    CPUState *cpu = qemu_get_cpu(cpu_index);
+    uint64_t quota = quota_mb * DIRTYLIMIT_BYTES_PER_MB;
+
+    trace_dirtylimit_set_vcpu(cpu_index, quota_mb);
+    qemu_mutex_lock(&v->lock);
+    if (qatomic_read(&v->limited)) {
+        dirtylimit_controller_set_quota(&v->ctl, quota, get_clock());
+    } else {
+        dirtylimit_controller_init(&v->ctl, quota, get_clock());
+        v->charged_pages = v->period_pages = cpu ? cpu->dirty_pages : 0;
+        dirtylimit.nlimited++;
+    }
+    v->quota_mb = quota_mb;
+    v->by_migration = by_migration;
+    qatomic_set(&v->limited, true);
+    qemu_mutex_unlock(&v->lock);
+}
+
+static void dirtylimit_clear_vcpu(int cpu_index)
+{
+    DirtyLimitVcpu *v = &dirtylimit.vcpus[cpu_index];
+    CPUState *cpu = qemu_get_cpu(cpu_index);
+
+    if (!qatomic_read(&v->limited)) {
+        return;
+    }
+    qemu_mutex_lock(&v->lock);
+    qatomic_set(&v->limited, false);
+    dirtylimit_controller_set_quota(&v->ctl, 0, get_clock());
+    v->quota_mb = 0;
+    v->by_migration = false;
+    qemu_mutex_unlock(&v->lock);
+    dirtylimit.nlimited--;
+    if (cpu) {
+        cpu->throttle_us_per_full = 0;
+        qemu_cpu_kick(cpu);     /* end a penalty being served */
+    }
+}
+
+static bool dirtylimit_migration_owns_limits(void)
+{
+    int i;
+
+    for (i = 0; dirtylimit.vcpus && i < dirtylimit.max_cpus; i++) {
+        if (qatomic_read(&dirtylimit.vcpus[i].limited) &&
+            dirtylimit.vcpus[i].by_migration) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The checks shared by set and cancel; false with @errp set on error. */
+static bool dirtylimit_check_cpu_index(bool has_cpu_index, int64_t cpu_index,
+                                       Error **errp)
+{
+    MachineState *ms = MACHINE(qdev_get_machine());
+
+    if (has_cpu_index && (cpu_index < 0 || cpu_index >= ms->smp.max_cpus)) {
+        error_setg(errp, "incorrect cpu index specified");
+        return false;
+    }
+    return true;
+}
+
+void qmp_set_vcpu_dirty_limit(bool has_cpu_index, int64_t cpu_index,
+                              uint64_t dirty_rate, Error **errp)
+{
+    int i;
+
+    if (!kvm_enabled() || !kvm_dirty_ring_enabled()) {
+        /* The base's message, stray quote included, for compatibility. */
+        error_setg(errp, "dirty page limit feature requires KVM with"
+                   " accelerator property 'dirty-ring-size' set'");
+        return;
+    }
+    if (!dirtylimit_check_cpu_index(has_cpu_index, cpu_index, errp)) {
+        return;
+    }
+    if (dirty_rate > DIRTYLIMIT_MAX_RATE_MB) {
+        error_setg(errp, QERR_INVALID_PARAMETER_VALUE, "dirty-rate",
+                   "a rate of at most 1048576 MB/s");
+        return;
+    }
+    if (dirtylimit_migration_owns_limits()) {
+        error_setg(errp, "can't set dirty page rate limit while migration is"
+                   " running");
+        return;
+    }
+    if (!dirty_rate) {
+        qmp_cancel_vcpu_dirty_limit(has_cpu_index, cpu_index, errp);
+        return;
+    }
+    dirtylimit_state_init();
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        if (!has_cpu_index || i == cpu_index) {
+            dirtylimit_set_vcpu(i, dirty_rate, false);
+        }
+    }
+    dirtylimit_update_service();
+}
+
+void qmp_cancel_vcpu_dirty_limit(bool has_cpu_index, int64_t cpu_index,
+                                 Error **errp)
+{
+    int i;
+
+    if (!kvm_enabled() || !kvm_dirty_ring_enabled()) {
+        return;
+    }
+    if (!dirtylimit_check_cpu_index(has_cpu_index, cpu_index, errp)) {
+        return;
+    }
+    if (!dirtylimit_in_service()) {
+        return;
+    }
+    if (dirtylimit_migration_owns_limits()) {
+        error_setg(errp, "can't cancel dirty page rate limit while migration"
+                   " is running");
+        return;
+    }
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        if (!has_cpu_index || i == cpu_index) {
+            dirtylimit_clear_vcpu(i);
+        }
+    }
+    dirtylimit_update_service();
+}
+
+DirtyLimitInfoList *qmp_query_vcpu_dirty_limit(Error **errp)
+{
+    DirtyLimitInfoList *head = NULL, **tail = &head;
+    int i;
+
+    if (!dirtylimit_in_service()) {
+        return NULL;
+    }
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
+        DirtyLimitInfo *info;
+
+        if (!qatomic_read(&v->limited)) {
+            continue;
+        }
+        info = g_new0(DirtyLimitInfo, 1);
+        info->cpu_index = i;
+        qemu_mutex_lock(&v->lock);
+        info->limit_rate = v->quota_mb;
+        info->current_rate = dirtylimit_controller_current_rate(&v->ctl) /
+                             DIRTYLIMIT_BYTES_PER_MB;
+        qemu_mutex_unlock(&v->lock);
+        QAPI_LIST_APPEND(tail, info);
+    }
+    return head;
+}
+
+void dirtylimit_migration_engage(uint64_t quota_mb, uint64_t period_ms)
+{
+    int i;
+
+    dirtylimit_state_init();
+    qatomic_set(&dirtylimit.period_ns, period_ms * SCALE_MS);
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
+
+        if (!qatomic_read(&v->limited) || v->by_migration ||
+            v->quota_mb > quota_mb) {
+            dirtylimit_set_vcpu(i, quota_mb, true);
+        }
+    }
+    dirtylimit_update_service();
+}
+
+void dirtylimit_migration_release(void)
+{
+    int i;
+
+    for (i = 0; dirtylimit.vcpus && i < dirtylimit.max_cpus; i++) {
+        if (dirtylimit.vcpus[i].by_migration) {
+            dirtylimit_clear_vcpu(i);
+        }
+    }
+    if (dirtylimit.vcpus) {
+        qatomic_set(&dirtylimit.period_ns,
+                    DIRTYLIMIT_DEFAULT_PERIOD_MS * SCALE_MS);
+        dirtylimit_update_service();
+    }
+}
+
+uint64_t dirtylimit_throttle_time_per_round(void)
+{
+    int64_t longest = 0;
+    int i;
+
+    for (i = 0; dirtylimit_in_service() && i < dirtylimit.max_cpus; i++) {
+        DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
+
+        if (qatomic_read(&v->limited)) {
+            qemu_mutex_lock(&v->lock);
+            longest = MAX(longest, dirtylimit_controller_last_sleep_ns(&v->ctl));
+            qemu_mutex_unlock(&v->lock);
+        }
+    }
+    return longest / SCALE_US;
+}
+
+uint64_t dirtylimit_ring_full_time(void)
+{
+    uint64_t sum = 0, ring_bytes;
+    int i, n = 0;
+
+    for (i = 0; dirtylimit_in_service() && i < dirtylimit.max_cpus; i++) {
+        DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
+
+        if (qatomic_read(&v->limited)) {
+            qemu_mutex_lock(&v->lock);
+            sum += dirtylimit_controller_current_rate(&v->ctl);
+            qemu_mutex_unlock(&v->lock);
+            n++;
+        }
+    }
+    if (!sum || !kvm_enabled()) {
+        return 0;
+    }
+    ring_bytes = (uint64_t)kvm_dirty_ring_size() * qemu_target_page_size();
+    return ring_bytes * G_USEC_PER_SEC / (sum / n);
+}
+
+void hmp_set_vcpu_dirty_limit(Monitor *mon, const QDict *qdict)
+{
+    int64_t dirty_rate = qdict_get_int(qdict, "dirty_rate");
+    int64_t cpu_index = qdict_get_try_int(qdict, "cpu_index", -1);
+    Error *err = NULL;
+
+    if (dirty_rate < 0) {
+        monitor_printf(mon, "invalid dirty page limit %" PRId64 "\n",
+                       dirty_rate);
+        return;
+    }
+    qmp_set_vcpu_dirty_limit(cpu_index != -1, cpu_index, dirty_rate, &err);
+    if (err) {
+        hmp_handle_error(mon, err);
+        return;
+    }
+    monitor_printf(mon, "[Please use 'info vcpu_dirty_limit' to query "
+                   "dirty limit for virtual CPU]\n");
+}
+
+void hmp_cancel_vcpu_dirty_limit(Monitor *mon, const QDict *qdict)
+{
+    int64_t cpu_index = qdict_get_try_int(qdict, "cpu_index", -1);
+    Error *err = NULL;
+
+    qmp_cancel_vcpu_dirty_limit(cpu_index != -1, cpu_index, &err);
+    if (err) {
+        hmp_handle_error(mon, err);
+        return;
+    }
+    monitor_printf(mon, "[Please use 'info vcpu_dirty_limit' to query "
+                   "dirty limit for virtual CPU]\n");
+}
+
+void hmp_info_vcpu_dirty_limit(Monitor *mon, const QDict *qdict)
+{
+    DirtyLimitInfoList *head, *limit;
+
+    if (!dirtylimit_in_service()) {
+        monitor_printf(mon, "Dirty page limit not enabled!\n");
+        return;
+    }
+    head = qmp_query_vcpu_dirty_limit(NULL);
+    for (limit = head; limit; limit = limit->next) {
+        monitor_printf(mon, "vcpu[%" PRIi64 "], limit rate %" PRIi64
+                       " (MB/s), current rate %" PRIi64 " (MB/s)\n",
+                       limit->value->cpu_index, limit->value->limit_rate,
+                       limit->value->current_rate);
+    }
+    qapi_free_DirtyLimitInfoList(head);
+}

@@ -1,0 +1,206 @@
+"""vCPU dirty page rate limit on the KVM dirty ring (SPEC section 1).
+
+The guest is tests/guests/x86-dirty.S under KVM with a dirty ring; its
+rate is measured from its own progress (the page bytes it increments and
+its pass counter, read from guest memory), not from QEMU's counters.
+/dev/kvm here is PVM, which emulates this guest and pushes a dirty-ring
+entry per write; Ferry must neither livelock nor lose pages on it.
+"""
+
+import time
+import unittest
+
+from ferry import env
+from ferry.machine import dirty_guest, guest_rate, wait_migration
+from ferry.migrate import (check_destination, set_caps, set_params,
+                           start_destination)
+
+KVM = env.kvm_usable()
+SKIP_KVM = 'needs a usable /dev/kvm (dirty ring); this host has none'
+QERR_RING = ("dirty page limit feature requires KVM with accelerator "
+             "property 'dirty-ring-size' set'")
+
+
+def within(measured, quota):
+    """SPEC tolerance: max(5 %, 1 MB/s)."""
+    return abs(measured - quota) <= max(0.05 * quota, 1.0)
+
+
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitKvm(unittest.TestCase):
+    ring = 4096
+
+    def setUp(self):
+        self.vm = dirty_guest(accel='kvm,dirty-ring-size=%d' % self.ring)
+        self.vm.launch()
+        self.addCleanup(self.vm.shutdown)
+        self.vm.wait_serial('FP', timeout=60)
+
+    def limit(self, rate, **kw):
+        self.vm.command('set-vcpu-dirty-limit', dirty_rate=rate, **kw)
+
+    def check_holds(self, quota):
+        free = guest_rate(self.vm, 1)
+        self.assertGreater(free, quota * 1.5, 'guest too slow to test %d MB/s'
+                           % quota)
+        self.limit(quota)
+        time.sleep(3)                      # settle
+        held = guest_rate(self.vm, 10)
+        info = self.vm.command('query-vcpu-dirty-limit')
+        self.assertTrue(within(held, quota),
+                        'quota %d MB/s, guest dirtied %.2f MB/s' % (quota, held))
+        self.assertEqual(info[0]['limit-rate'], quota)
+        self.assertTrue(abs(info[0]['current-rate'] - quota) <= max(quota * 0.2, 2),
+                        info)
+        self.vm.command('cancel-vcpu-dirty-limit')
+        time.sleep(1)
+        after = guest_rate(self.vm, 1)
+        self.assertGreater(after, free * 0.7,
+                           'free rate %.0f not restored (%.0f)' % (free, after))
+        self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
+
+    def test_holds_10MBps(self):
+        self.check_holds(10)
+
+    def test_holds_100MBps(self):
+        self.check_holds(100)
+
+    def test_holds_1000MBps_or_fails_clearly(self):
+        free = guest_rate(self.vm, 1)
+        if free < 1500:
+            self.skipTest('guest dirties only %.0f MB/s here' % free)
+        self.check_holds(1000)
+
+    def test_quota_change_reconverges(self):
+        self.limit(100)
+        time.sleep(3)
+        self.limit(20)
+        time.sleep(3)
+        held = guest_rate(self.vm, 5)
+        self.assertTrue(within(held, 20), 'guest dirtied %.2f MB/s' % held)
+
+    def test_bad_arguments_change_nothing(self):
+        err = self.vm.qmp('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=10)
+        self.assertEqual(err['error']['desc'], 'incorrect cpu index specified')
+        err = self.vm.qmp('set-vcpu-dirty-limit', cpu_index=-1, dirty_rate=10)
+        self.assertEqual(err['error']['desc'], 'incorrect cpu index specified')
+        err = self.vm.qmp('set-vcpu-dirty-limit', dirty_rate=1 << 62)
+        self.assertIn('dirty-rate', err['error']['desc'])
+        err = self.vm.qmp('set-vcpu-dirty-limit', dirty_rate=-5)
+        self.assertIn('error', err)
+        err = self.vm.qmp('cancel-vcpu-dirty-limit', cpu_index=7)
+        self.assertEqual(err['error']['desc'], 'incorrect cpu index specified')
+        self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
+        self.assertGreater(guest_rate(self.vm, 1), 100)
+
+    def test_hmp_commands(self):
+        hmp = lambda cmd: self.vm.command('human-monitor-command',
+                                          command_line=cmd)
+        self.assertIn('not enabled', hmp('info vcpu_dirty_limit'))
+        hmp('set_vcpu_dirty_limit 50')
+        self.assertRegex(hmp('info vcpu_dirty_limit'),
+                         r'vcpu\[0\], limit rate 50 \(MB/s\), current rate \d+')
+        hmp('cancel_vcpu_dirty_limit 0')
+        self.assertIn('not enabled', hmp('info vcpu_dirty_limit'))
+
+
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitKvmSmallRing(DirtyLimitKvm):
+    ring = 1024
+
+
+class DirtyLimitErrors(unittest.TestCase):
+    def test_tcg_guest_reports_dirty_ring_requirement(self):
+        vm = dirty_guest('x86-dirty-32m.img')
+        vm.launch()
+        self.addCleanup(vm.shutdown)
+        err = vm.qmp('set-vcpu-dirty-limit', dirty_rate=10)
+        self.assertEqual(err['error']['desc'], QERR_RING)
+        err = vm.qmp('migrate-set-capabilities', capabilities=[
+            {'capability': 'dirty-limit', 'state': True}])
+        self.assertIn("'dirty-ring-size'", err['error']['desc'])
+        self.assertEqual(vm.command('query-vcpu-dirty-limit'), [])
+
+    def test_parameters_validated(self):
+        vm = dirty_guest('x86-dirty-32m.img')
+        vm.launch()
+        self.addCleanup(vm.shutdown)
+        params = vm.command('query-migrate-parameters')
+        self.assertEqual(params['vcpu-dirty-limit'], 1)
+        self.assertEqual(params['x-vcpu-dirty-limit-period'], 1000)
+        for bad in ({'vcpu-dirty-limit': 0},
+                    {'x-vcpu-dirty-limit-period': 0},
+                    {'x-vcpu-dirty-limit-period': 1001}):
+            err = vm.qmp('migrate-set-parameters', **bad)
+            self.assertIn('expects', err['error']['desc'], bad)
+        vm.command('migrate-set-parameters', **{'vcpu-dirty-limit': 10,
+                                                'x-vcpu-dirty-limit-period': 200})
+        params = vm.command('query-migrate-parameters')
+        self.assertEqual(params['vcpu-dirty-limit'], 10)
+        self.assertEqual(params['x-vcpu-dirty-limit-period'], 200)
+
+
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitMigration(unittest.TestCase):
+    """A guest dirtying faster than the link converges only when throttled."""
+
+    def pair(self):
+        src = dirty_guest(accel='kvm,dirty-ring-size=4096')
+        src.launch()
+        # A process quit mid-migration may close QMP before it answers.
+        self.addCleanup(src.shutdown, hard=True)
+        src.wait_serial('FP', timeout=60)
+        dst = start_destination(src)
+        self.addCleanup(dst.shutdown, hard=True)
+        set_params(src, max_bandwidth=16 << 20, downtime_limit=300)
+        return src, dst
+
+    def test_converges_with_dirty_limit_and_releases_limits(self):
+        src, dst = self.pair()
+        set_caps(src, dirty_limit=True)
+        set_params(src, vcpu_dirty_limit=2, x_vcpu_dirty_limit_period=200)
+        src.command('migrate', uri=dst.uri)
+        seen = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            info = src.command('query-migrate')
+            if 'dirty-limit-throttle-time-per-round' in info:
+                seen = info
+            if info['status'] in ('completed', 'failed', 'cancelled'):
+                break
+            time.sleep(0.1)
+        self.assertEqual(info['status'], 'completed', info)
+        self.assertIsNotNone(seen, 'dirty limit never reported acting')
+        self.assertIn('dirty-limit-ring-full-time', seen)
+        self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
+        check_destination(self, src, dst)
+
+    def test_cancel_releases_limits_and_source_runs_free(self):
+        src, dst = self.pair()
+        set_caps(src, dirty_limit=True)
+        set_params(src, vcpu_dirty_limit=5)
+        src.command('migrate', uri=dst.uri)
+        deadline = time.monotonic() + 90
+        while not src.command('query-vcpu-dirty-limit'):
+            self.assertLess(time.monotonic(), deadline, 'limit never engaged')
+            time.sleep(0.2)
+        err = src.qmp('cancel-vcpu-dirty-limit')
+        self.assertIn('migration is running', err['error']['desc'])
+        src.command('migrate_cancel')
+        self.assertEqual(wait_migration(src)['status'], 'cancelled')
+        self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
+        self.assertGreater(guest_rate(src, 1), 100)
+
+    def test_without_throttling_never_converges(self):
+        src, dst = self.pair()
+        src.command('migrate', uri=dst.uri)
+        time.sleep(30)
+        info = src.command('query-migrate')
+        self.assertEqual(info['status'], 'active')
+        self.assertGreaterEqual(info['ram']['dirty-sync-count'], 3)
+        src.command('migrate_cancel')
+        self.assertEqual(wait_migration(src)['status'], 'cancelled')
+
+
+if __name__ == '__main__':
+    unittest.main()
