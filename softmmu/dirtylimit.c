@@ -56,6 +56,12 @@
 #define DIRTYLIMIT_MAX_RATE_MB          (1 << 20)
 /* Longest nap between checks for a stop request while penalised. */
 #define DIRTYLIMIT_NAP_US               1000
+/*
+ * current-rate is measured over the last few feedback periods: a vCPU
+ * held to a few MB/s dirties a ring's worth in bursts a second or more
+ * apart, so a single period can hold none or two of them.
+ */
+#define DIRTYLIMIT_RATE_WINDOW          4
 
 typedef struct DirtyLimitVcpu {
     QemuMutex lock;                 /* guards ctl and the page counts */
@@ -66,6 +72,11 @@ typedef struct DirtyLimitVcpu {
     uint64_t quota_mb;
     uint64_t charged_pages;         /* CPUState::dirty_pages charged so far */
     uint64_t period_pages;          /* CPUState::dirty_pages at period start */
+    /* (time, dirty_pages) at the last period ends, for current-rate */
+    int64_t window_ns[DIRTYLIMIT_RATE_WINDOW];
+    uint64_t window_pages[DIRTYLIMIT_RATE_WINDOW];
+    unsigned window_next;
+    uint64_t current_rate;          /* bytes/s over the window */
 } DirtyLimitVcpu;
 
 static struct {
@@ -153,8 +164,10 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
         dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
 }
 
-/* Harvest interval: a kick well before a vCPU at full speed fills half
- * its ring (0.65 M pages/s fill 4096 entries in about 6 ms). */
+/*
+ * Harvest interval: a kick well before a vCPU at full speed fills half
+ * its ring (0.65 M pages/s fill 4096 entries in about 6 ms).
+ */
 static int64_t dirtylimit_kick_interval_us(void)
 {
     uint32_t ring = kvm_enabled() ? kvm_dirty_ring_size() : 0;
@@ -178,6 +191,24 @@ static void dirtylimit_kick_busy_vcpus(void)
     }
 }
 
+/* Record a period end and measure the rate over the window (lock held). */
+static void dirtylimit_measure(DirtyLimitVcpu *v, int64_t now, uint64_t pages)
+{
+    unsigned oldest = v->window_next % DIRTYLIMIT_RATE_WINDOW;
+
+    if (v->window_next >= DIRTYLIMIT_RATE_WINDOW &&
+        now > v->window_ns[oldest]) {
+        v->current_rate = (pages - v->window_pages[oldest]) *
+                          qemu_target_page_size() * NANOSECONDS_PER_SECOND /
+                          (now - v->window_ns[oldest]);
+    } else {
+        v->current_rate = dirtylimit_controller_current_rate(&v->ctl);
+    }
+    v->window_ns[oldest] = now;
+    v->window_pages[oldest] = pages;
+    v->window_next++;
+}
+
 static void dirtylimit_feedback_all(int64_t period_ns)
 {
     CPUState *cpu;
@@ -196,6 +227,7 @@ static void dirtylimit_feedback_all(int64_t period_ns)
                 (pages - v->period_pages) * qemu_target_page_size(),
                 period_ns);
             v->period_pages = pages;
+            dirtylimit_measure(v, get_clock(), pages);
             qemu_mutex_unlock(&v->lock);
         }
     }
@@ -272,6 +304,8 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
     } else {
         dirtylimit_controller_init(&v->ctl, quota, get_clock());
         v->charged_pages = v->period_pages = cpu ? cpu->dirty_pages : 0;
+        v->window_next = 0;
+        v->current_rate = 0;
         dirtylimit.nlimited++;
     }
     v->quota_mb = quota_mb;
@@ -410,8 +444,7 @@ DirtyLimitInfoList *qmp_query_vcpu_dirty_limit(Error **errp)
         info->cpu_index = i;
         qemu_mutex_lock(&v->lock);
         info->limit_rate = v->quota_mb;
-        info->current_rate = dirtylimit_controller_current_rate(&v->ctl) /
-                             DIRTYLIMIT_BYTES_PER_MB;
+        info->current_rate = v->current_rate / DIRTYLIMIT_BYTES_PER_MB;
         qemu_mutex_unlock(&v->lock);
         QAPI_LIST_APPEND(tail, info);
     }
@@ -461,7 +494,8 @@ uint64_t dirtylimit_throttle_time_per_round(void)
 
         if (qatomic_read(&v->limited)) {
             qemu_mutex_lock(&v->lock);
-            longest = MAX(longest, dirtylimit_controller_last_sleep_ns(&v->ctl));
+            longest = MAX(longest,
+                          dirtylimit_controller_last_sleep_ns(&v->ctl));
             qemu_mutex_unlock(&v->lock);
         }
     }
@@ -478,7 +512,7 @@ uint64_t dirtylimit_ring_full_time(void)
 
         if (qatomic_read(&v->limited)) {
             qemu_mutex_lock(&v->lock);
-            sum += dirtylimit_controller_current_rate(&v->ctl);
+            sum += v->current_rate;
             qemu_mutex_unlock(&v->lock);
             n++;
         }

@@ -2,7 +2,8 @@
  * Unit tests of Ferry's vCPU dirty-rate limit controller
  *
  * Drives softmmu/dirtylimit-controller.c with a simulated vCPU, so that
- * the controller's accuracy can be checked without KVM.  The simulated vCPU free-runs at a given rate,
+ * the controller's accuracy can be checked without KVM.  The simulated
+ * vCPU free-runs at a given rate,
  * pushes one 4 KiB entry per page it dirties into a ring of N entries and
  * is harvested when the ring is full or at a periodic kick (every 2 ms);
  * each harvest is charged to the controller and the vCPU then sleeps for
