@@ -11,7 +11,7 @@ import time
 import unittest
 
 from ferry import env
-from ferry.machine import dirty_guest, guest_rate, wait_migration
+from ferry.machine import dirty_guest, guest_rate, vcpu_rates, wait_migration
 from ferry.migrate import (check_destination, set_caps, set_params,
                            start_destination)
 
@@ -102,6 +102,35 @@ class DirtyLimitKvm(unittest.TestCase):
                          r'vcpu\[0\], limit rate 50 \(MB/s\), current rate \d+')
         hmp('cancel_vcpu_dirty_limit 0')
         self.assertIn('not enabled', hmp('info vcpu_dirty_limit'))
+
+
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitTwoVcpus(unittest.TestCase):
+    """A limit on one vCPU leaves the other alone (x86-dirty-smp.img)."""
+
+    def test_limit_on_vcpu1_spares_vcpu0(self):
+        vm = dirty_guest('x86-dirty-smp.img', accel='kvm,dirty-ring-size=4096')
+        vm.launch()
+        self.addCleanup(vm.shutdown)
+        vm.wait_serial('Q', timeout=60)
+        # Dirty logging (needed by any limit) is on in both measurements.
+        vm.command('set-vcpu-dirty-limit', cpu_index=0, dirty_rate=1 << 20)
+        time.sleep(1)
+        free0, free1 = vcpu_rates(vm, 5)
+        vm.command('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=10)
+        time.sleep(3)
+        cpu0, cpu1 = vcpu_rates(vm, 10)
+        self.assertTrue(within(cpu1, 10), 'vCPU 1 dirtied %.2f MB/s (free %.0f, vCPU 0 %.0f -> %.0f)' % (cpu1, free1, free0, cpu0))
+        self.assertGreater(free1, 30)
+        # Both vCPUs share this machine's two cores with the rest of the
+        # test run, so vCPU 0 speeds up when vCPU 1 sleeps; what must hold
+        # is that limiting vCPU 1 never slows vCPU 0 (by more than 5 %).
+        self.assertGreater(cpu0, 0.95 * free0,
+                           'vCPU 0: %.0f MB/s before, %.0f MB/s with vCPU 1 '
+                           'limited' % (free0, cpu0))
+        limits = {l['cpu-index']: l['limit-rate']
+                  for l in vm.command('query-vcpu-dirty-limit')}
+        self.assertEqual(limits, {0: 1 << 20, 1: 10})
 
 
 @unittest.skipUnless(KVM, SKIP_KVM)

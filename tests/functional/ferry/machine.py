@@ -14,7 +14,8 @@ from ferry import env
 from ferry.pattern import PASS_COUNTER, DIRTY_START, page_bytes, pages_written
 from qemu.machine import QEMUMachine  # noqa: E402  (env sets sys.path)
 
-DIRTY_END = {'x86-dirty.img': 100 << 20, 'x86-dirty-32m.img': 32 << 20}
+DIRTY_END = {'x86-dirty.img': 100 << 20, 'x86-dirty-32m.img': 32 << 20,
+             'x86-dirty-smp.img': 100 << 20}
 
 
 def free_port():
@@ -69,9 +70,11 @@ class Guest(QEMUMachine):
 
 def dirty_guest(image='x86-dirty.img', flavour='ferry', name='src',
                 machine='pc-i440fx-7.2', mem='150M', extra=(), accel='tcg'):
-    """The boot-sector guest that dirties memory (tests/guests/x86-dirty.S)."""
+    """The boot-sector guest that dirties memory (tests/guests/x86-dirty.S);
+    x86-dirty-smp.img runs on two vCPUs."""
+    smp = ['-smp', '2'] if 'smp' in image else []
     g = Guest(flavour, 'x86_64', name, accel=accel, args=[
-        '-machine', machine, '-m', mem,
+        '-machine', machine, '-m', mem, *smp,
         '-drive', 'file=%s,format=raw,if=ide,snapshot=on' % env.guest(image),
         *extra])
     g.dirty_end = DIRTY_END[image]
@@ -135,3 +138,23 @@ def guest_rate(guest, seconds):
     time.sleep(seconds)
     t1, b1 = guest_progress(guest)
     return (b1 - b0) / (t1 - t0) / (1 << 20)
+
+
+def vcpu_progress(guest, cpu):
+    """(seconds, bytes) vCPU CPU of x86-dirty-smp.img has dirtied so far:
+    vCPU 0 owns the lower half of the range, vCPU 1 the upper half."""
+    half = (guest.dirty_end - DIRTY_START) // 2
+    start = DIRTY_START + cpu * half
+    passes = int.from_bytes(guest.read_memory(PASS_COUNTER + 4 * cpu, 4),
+                            'little')
+    values = page_bytes(guest.read_memory(start, half), start=start, base=start)
+    return time.monotonic(), pages_written(values, passes) * 4096
+
+
+def vcpu_rates(guest, seconds):
+    """Each vCPU's own dirty rate over SECONDS, in MB/s."""
+    before = [vcpu_progress(guest, c) for c in (0, 1)]
+    time.sleep(seconds)
+    after = [vcpu_progress(guest, c) for c in (0, 1)]
+    return [(a[1] - b[1]) / (a[0] - b[0]) / (1 << 20)
+            for a, b in zip(after, before)]
