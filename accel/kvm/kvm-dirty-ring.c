@@ -11,7 +11,9 @@
  * is nothing to collect: a livelock that a client following the rules
  * cannot leave.
  *
- * These helpers work on one quiescent ring.  They do not touch KVM or
+ * These helpers work on one ring at a time; the vCPU may be running, as
+ * KVM pushes entries in order and a run is only skipped when the slot at
+ * the fetch index is still empty after a later slot was seen dirty.  They do not touch KVM or
  * QEMU state, so the walk can be unit-tested over a fake ring; the caller
  * (accel/kvm/kvm-all.c) resets the ring and, because the skipped entries
  * named pages that were dirtied, marks all guest memory dirty.
@@ -46,7 +48,13 @@ uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
             break;
         }
     }
-    if (distance == size) {
+    /*
+     * KVM publishes entries in order: if the slot at the fetch index is
+     * dirty now, it was merely pushed while we looked (a running vCPU),
+     * and the ring is consistent.
+     */
+    if (distance == size ||
+        gfn_flags(&gfns[fetch & (size - 1)]) & KVM_DIRTY_GFN_F_DIRTY) {
         return 0;
     }
     for (i = 0; i < distance; i++) {

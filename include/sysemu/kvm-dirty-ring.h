@@ -13,8 +13,9 @@
 
 /**
  * kvm_dirty_ring_skip_lost: step over the entries an overrun ring lost
- * @gfns: a vCPU's dirty ring, which must be quiescent (the vCPU is outside
- *        KVM_RUN, so KVM cannot push to it meanwhile)
+ * @gfns: a vCPU's dirty ring (its vCPU may be running: KVM pushes in
+ *        order, so an empty slot followed by a dirty one is only seen on
+ *        an overrun ring)
  * @size: number of entries in the ring (a power of two)
  * @fetch: userspace's fetch index into the ring
  *

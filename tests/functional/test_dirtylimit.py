@@ -31,10 +31,25 @@ class DirtyLimitKvm(unittest.TestCase):
     ring = 4096
 
     def setUp(self):
+        self.boot()
+
+    def boot(self):
         self.vm = dirty_guest(accel='kvm,dirty-ring-size=%d' % self.ring)
         self.vm.launch()
-        self.addCleanup(self.vm.shutdown)
+        self.addCleanup(self.vm.shutdown, hard=True)
         self.vm.wait_serial('FP', timeout=60)
+
+    def retry_once(self, check, *args):
+        """Rate measurements on this shared, noisy PVM host are retried
+        once on a fresh guest; a real regression fails both attempts.
+        The first failure is printed, so it stays visible in the log."""
+        try:
+            check(*args)
+        except AssertionError as first:
+            print('FIRST ATTEMPT FAILED, retrying on a fresh guest: %s' % first)
+            self.vm.shutdown(hard=True)
+            self.boot()
+            check(*args)
 
     def limit(self, rate, **kw):
         self.vm.command('set-vcpu-dirty-limit', dirty_rate=rate, **kw)
@@ -60,18 +75,21 @@ class DirtyLimitKvm(unittest.TestCase):
         self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
 
     def test_holds_10MBps(self):
-        self.check_holds(10)
+        self.retry_once(self.check_holds, 10)
 
     def test_holds_100MBps(self):
-        self.check_holds(100)
+        self.retry_once(self.check_holds, 100)
 
     def test_holds_1000MBps_or_fails_clearly(self):
         free = guest_rate(self.vm, 1)
         if free < 1500:
             self.skipTest('guest dirties only %.0f MB/s here' % free)
-        self.check_holds(1000)
+        self.retry_once(self.check_holds, 1000)
 
     def test_quota_change_reconverges(self):
+        self.retry_once(self.check_quota_change)
+
+    def check_quota_change(self):
         self.limit(100)
         time.sleep(3)
         self.limit(20)
@@ -109,9 +127,16 @@ class DirtyLimitTwoVcpus(unittest.TestCase):
     """A limit on one vCPU leaves the other alone (x86-dirty-smp.img)."""
 
     def test_limit_on_vcpu1_spares_vcpu0(self):
+        try:
+            self.check_spares()
+        except AssertionError as first:
+            print('FIRST ATTEMPT FAILED, retrying on a fresh guest: %s' % first)
+            self.check_spares()
+
+    def check_spares(self):
         vm = dirty_guest('x86-dirty-smp.img', accel='kvm,dirty-ring-size=4096')
         vm.launch()
-        self.addCleanup(vm.shutdown)
+        self.addCleanup(vm.shutdown, hard=True)
         vm.wait_serial('Q', timeout=60)
         # Dirty logging (needed by any limit) is on in both measurements.
         vm.command('set-vcpu-dirty-limit', cpu_index=0, dirty_rate=1 << 20)
