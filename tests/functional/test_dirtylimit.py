@@ -7,6 +7,7 @@ its pass counter, read from guest memory), not from QEMU's counters.
 entry per write; Ferry must neither livelock nor lose pages on it.
 """
 
+import statistics
 import time
 import unittest
 import warnings
@@ -20,6 +21,20 @@ KVM = env.kvm_usable()
 SKIP_KVM = 'needs a usable /dev/kvm (dirty ring); this host has none'
 QERR_RING = ("dirty page limit feature requires KVM with accelerator "
              "property 'dirty-ring-size' set'")
+
+
+def retry_once(check, prepare_retry, *args):
+    """Rate measurements on this shared, noisy PVM host are retried once,
+    after PREPARE_RETRY (a fresh guest); a real regression fails both
+    attempts.  The first failure is a warning, so pytest's summary shows
+    it."""
+    try:
+        check(*args)
+    except AssertionError as first:
+        warnings.warn('FIRST ATTEMPT FAILED, retrying on a fresh guest: %s'
+                      % first)
+        prepare_retry()
+        check(*args)
 
 
 def within(measured, quota):
@@ -41,17 +56,10 @@ class DirtyLimitKvm(unittest.TestCase):
         self.vm.wait_serial('FP', timeout=60)
 
     def retry_once(self, check, *args):
-        """Rate measurements on this shared, noisy PVM host are retried
-        once on a fresh guest; a real regression fails both attempts.
-        The first failure is a warning, so pytest's summary shows it."""
-        try:
-            check(*args)
-        except AssertionError as first:
-            warnings.warn('FIRST ATTEMPT FAILED, retrying on a fresh guest: %s'
-                          % first)
+        def fresh_guest():
             self.vm.shutdown(hard=True)
             self.boot()
-            check(*args)
+        retry_once(check, fresh_guest, *args)
 
     def limit(self, rate, **kw):
         self.vm.command('set-vcpu-dirty-limit', dirty_rate=rate, **kw)
@@ -129,26 +137,37 @@ class DirtyLimitTwoVcpus(unittest.TestCase):
     """A limit on one vCPU leaves the other alone (x86-dirty-smp.img)."""
 
     def test_limit_on_vcpu1_spares_vcpu0(self):
-        try:
-            self.check_spares()
-        except AssertionError as first:
-            warnings.warn('FIRST ATTEMPT FAILED, retrying on a fresh guest: %s'
-                          % first)
-            self.check_spares()
+        retry_once(self.check_spares, lambda: None)
 
     def check_spares(self):
         vm = dirty_guest('x86-dirty-smp.img', accel='kvm,dirty-ring-size=4096')
         vm.launch()
-        self.addCleanup(vm.shutdown, hard=True)
+        try:
+            self.measure_spares(vm)
+        finally:
+            vm.shutdown(hard=True)
+
+    def measure_spares(self, vm):
         vm.wait_serial('Q', timeout=60)
-        # Dirty logging (needed by any limit) is on in both measurements.
-        vm.command('set-vcpu-dirty-limit', cpu_index=0, dirty_rate=1 << 20)
-        time.sleep(1)
-        free0, free1 = vcpu_rates(vm, 5)
-        vm.command('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=10)
-        time.sleep(3)
-        cpu0, cpu1 = vcpu_rates(vm, 10)
-        self.assertTrue(within(cpu1, 10), 'vCPU 1 dirtied %.2f MB/s (free %.0f, vCPU 0 %.0f -> %.0f)' % (cpu1, free1, free0, cpu0))
+        # Both vCPUs are limited throughout (dirty logging and harvesting
+        # alike); vCPU 1 alternates between a quota it cannot reach and
+        # 10 MB/s, and medians of three windows each absorb host noise.
+        vm.command('set-vcpu-dirty-limit', dirty_rate=1 << 20)
+        free, held = [], []
+        for _ in range(3):
+            vm.command('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=1 << 20)
+            time.sleep(1)
+            free.append(vcpu_rates(vm, 4))
+            vm.command('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=10)
+            time.sleep(2)
+            held.append(vcpu_rates(vm, 4))
+        free0 = statistics.median(r[0] for r in free)
+        free1 = statistics.median(r[1] for r in free)
+        cpu0 = statistics.median(r[0] for r in held)
+        cpu1 = statistics.median(r[1] for r in held)
+        self.assertTrue(within(cpu1, 10),
+                        'vCPU 1 dirtied %.2f MB/s (free %.0f, vCPU 0 %.0f -> '
+                        '%.0f)' % (cpu1, free1, free0, cpu0))
         self.assertGreater(free1, 30)
         # Both vCPUs share this machine's two cores with the rest of the
         # test run, so vCPU 0 speeds up when vCPU 1 sleeps; what must hold
