@@ -21,6 +21,13 @@
  *    measured rate back to each controller, which trims the bucket so the
  *    measured rate sits at the quota and reports it as current-rate.
  *
+ * Without a dirty ring (TCG), softmmu/dirtylimit-tcg.c counts each
+ * limited vCPU's first write to a page per epoch in TCG's write path, and
+ * the vCPU leaves the guest to be charged whenever it has dirtied a slice
+ * of its quota: the same leaky bucket, paid in time slices rather than at
+ * ring-full exits.  The controller thread starts a new epoch instead of
+ * kicking.
+ *
  * Locking: the QMP/HMP commands and the migration hooks run under the
  * BQL; a vCPU's controller is guarded by its own mutex, so vCPU threads
  * and the controller thread never take the BQL here.
@@ -46,8 +53,10 @@
 #include "monitor/hmp.h"
 #include "monitor/monitor.h"
 #include "sysemu/kvm.h"
+#include "sysemu/tcg.h"
 #include "sysemu/dirtylimit.h"
 #include "sysemu/dirtylimit-controller.h"
+#include "sysemu/dirtylimit-tcg.h"
 #include "trace.h"
 
 /* Feedback period of limits set by the user (migration sets its own). */
@@ -62,6 +71,16 @@
  * apart, so a single period can hold none or two of them.
  */
 #define DIRTYLIMIT_RATE_WINDOW          4
+/*
+ * TCG: a counting epoch, and the share of the quota a vCPU may dirty
+ * before it leaves the guest to be charged.  The epoch is as short as the
+ * interval between harvests of a 4096-entry ring, so a page rewritten
+ * within it counts once, as the ring would record it.
+ */
+#define DIRTYLIMIT_TCG_EPOCH_US         5000
+#define DIRTYLIMIT_TCG_SLICE_US         2000
+/* ... and at most a large dirty ring's worth, however large the quota. */
+#define DIRTYLIMIT_TCG_SLICE_MAX_PAGES  4096
 
 typedef struct DirtyLimitVcpu {
     QemuMutex lock;                 /* guards ctl and the page counts */
@@ -70,6 +89,7 @@ typedef struct DirtyLimitVcpu {
     bool by_migration;              /* set by dirtylimit_migration_engage */
     bool sleeping;                  /* serving a penalty; not worth a kick */
     uint64_t quota_mb;
+    uint64_t slice_pages;           /* TCG: pages dirtied between charges */
     uint64_t charged_pages;         /* CPUState::dirty_pages charged so far */
     uint64_t period_pages;          /* CPUState::dirty_pages at period start */
     /* (time, dirty_pages) at the last period ends, for current-rate */
@@ -103,11 +123,30 @@ static DirtyLimitVcpu *dirtylimit_vcpu(CPUState *cpu)
     return &dirtylimit.vcpus[cpu->cpu_index];
 }
 
+bool dirtylimit_supported(void)
+{
+    /*
+     * Round-robin TCG runs every vCPU in one thread: one vCPU's penalty
+     * would stop them all.
+     */
+    return (tcg_enabled() && qemu_tcg_mttcg_enabled()) ||
+           (kvm_enabled() && kvm_dirty_ring_enabled());
+}
+
 bool dirtylimit_vcpu_harvest_due(CPUState *cpu)
 {
     DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
 
     return v && qatomic_read(&v->limited);
+}
+
+bool dirtylimit_vcpu_charge_due(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+    return v && qatomic_read(&v->limited) &&
+           qatomic_read(&cpu->dirty_pages) - qatomic_read(&v->charged_pages) >=
+           qatomic_read(&v->slice_pages);
 }
 
 /*
@@ -145,7 +184,7 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
     qemu_mutex_lock(&v->lock);
     pages = qatomic_read(&cpu->dirty_pages);
     bytes = (pages - v->charged_pages) * qemu_target_page_size();
-    v->charged_pages = pages;
+    qatomic_set(&v->charged_pages, pages);
     sleep_ns = dirtylimit_controller_charge(&v->ctl, bytes, get_clock());
     qemu_mutex_unlock(&v->lock);
 
@@ -166,12 +205,16 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
 
 /*
  * Harvest interval: a kick well before a vCPU at full speed fills half
- * its ring (0.65 M pages/s fill 4096 entries in about 6 ms).
+ * its ring (0.65 M pages/s fill 4096 entries in about 6 ms).  TCG counts
+ * as the vCPU writes, and the interval is its counting epoch.
  */
 static int64_t dirtylimit_kick_interval_us(void)
 {
     uint32_t ring = kvm_enabled() ? kvm_dirty_ring_size() : 0;
 
+    if (!kvm_enabled()) {
+        return DIRTYLIMIT_TCG_EPOCH_US;
+    }
     return MAX(500, MIN(5000, ring / 2));
 }
 
@@ -233,6 +276,34 @@ static void dirtylimit_feedback_all(int64_t period_ns)
     }
 }
 
+static void dirtylimit_tcg_counting_epoch(void)
+{
+#ifdef CONFIG_TCG
+    dirtylimit_tcg_rearm();
+#endif
+}
+
+/* Start counting the vCPUs' dirty pages, or stop (BQL held). */
+static void dirtylimit_count_dirty_pages(bool on)
+{
+    if (kvm_enabled()) {
+        /* The dirty ring only records pages while dirty logging is on. */
+        if (on) {
+            memory_global_dirty_log_start(GLOBAL_DIRTY_LIMIT);
+        } else {
+            memory_global_dirty_log_stop(GLOBAL_DIRTY_LIMIT);
+        }
+        return;
+    }
+#ifdef CONFIG_TCG
+    if (on) {
+        dirtylimit_tcg_start();
+    } else {
+        dirtylimit_tcg_stop();
+    }
+#endif
+}
+
 static void *dirtylimit_thread(void *opaque)
 {
     int64_t period_start = get_clock();
@@ -245,7 +316,11 @@ static void *dirtylimit_thread(void *opaque)
             dirtylimit_feedback_all(now - period_start);
             period_start = now;
         }
-        dirtylimit_kick_busy_vcpus();
+        if (kvm_enabled()) {
+            dirtylimit_kick_busy_vcpus();
+        } else {
+            dirtylimit_tcg_counting_epoch();
+        }
         g_usleep(dirtylimit_kick_interval_us());
     }
     rcu_unregister_thread();
@@ -275,8 +350,7 @@ static void dirtylimit_update_service(void)
 
     qatomic_set(&dirtylimit.in_service, want);
     if (want && !dirtylimit.thread_running) {
-        /* The dirty ring only records pages while dirty logging is on. */
-        memory_global_dirty_log_start(GLOBAL_DIRTY_LIMIT);
+        dirtylimit_count_dirty_pages(true);
         qatomic_set(&dirtylimit.thread_quit, false);
         qemu_thread_create(&dirtylimit.thread, "dirtylimit",
                            dirtylimit_thread, NULL, QEMU_THREAD_JOINABLE);
@@ -286,7 +360,7 @@ static void dirtylimit_update_service(void)
         qatomic_set(&dirtylimit.thread_quit, true);
         qemu_thread_join(&dirtylimit.thread);
         dirtylimit.thread_running = false;
-        memory_global_dirty_log_stop(GLOBAL_DIRTY_LIMIT);
+        dirtylimit_count_dirty_pages(false);
     }
 }
 
@@ -301,6 +375,10 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
     qemu_mutex_lock(&v->lock);
     if (qatomic_read(&v->limited)) {
         dirtylimit_controller_set_quota(&v->ctl, quota, get_clock());
+        /* What the vCPU dirtied so far fell under the old quota. */
+        if (cpu) {
+            qatomic_set(&v->charged_pages, qatomic_read(&cpu->dirty_pages));
+        }
     } else {
         dirtylimit_controller_init(&v->ctl, quota, get_clock());
         v->charged_pages = v->period_pages = cpu ? cpu->dirty_pages : 0;
@@ -309,6 +387,10 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
         dirtylimit.nlimited++;
     }
     v->quota_mb = quota_mb;
+    qatomic_set(&v->slice_pages,
+                MIN(DIRTYLIMIT_TCG_SLICE_MAX_PAGES,
+                    MAX(1, quota / qemu_target_page_size() *
+                           DIRTYLIMIT_TCG_SLICE_US / G_USEC_PER_SEC)));
     v->by_migration = by_migration;
     qatomic_set(&v->limited, true);
     qemu_mutex_unlock(&v->lock);
@@ -366,7 +448,12 @@ void qmp_set_vcpu_dirty_limit(bool has_cpu_index, int64_t cpu_index,
 {
     int i;
 
-    if (!kvm_enabled() || !kvm_dirty_ring_enabled()) {
+    if (tcg_enabled() && !qemu_tcg_mttcg_enabled()) {
+        error_setg(errp, "dirty page limit under TCG requires multi-threaded"
+                   " TCG (-accel tcg,thread=multi)");
+        return;
+    }
+    if (!dirtylimit_supported()) {
         /* The base's message, stray quote included, for compatibility. */
         error_setg(errp, "dirty page limit feature requires KVM with"
                    " accelerator property 'dirty-ring-size' set'");
@@ -403,7 +490,7 @@ void qmp_cancel_vcpu_dirty_limit(bool has_cpu_index, int64_t cpu_index,
 {
     int i;
 
-    if (!kvm_enabled() || !kvm_dirty_ring_enabled()) {
+    if (!dirtylimit_supported()) {
         return;
     }
     if (!dirtylimit_check_cpu_index(has_cpu_index, cpu_index, errp)) {

@@ -13,10 +13,11 @@
  *
  * These helpers work on one ring at a time; the vCPU may be running, as
  * KVM pushes entries in order and a run is only skipped when the slot at
- * the fetch index is still empty after a later slot was seen dirty.  They do not touch KVM or
- * QEMU state, so the walk can be unit-tested over a fake ring; the caller
- * (accel/kvm/kvm-all.c) resets the ring and, because the skipped entries
- * named pages that were dirtied, marks all guest memory dirty.
+ * the fetch index is still empty after a later slot was seen dirty.  They
+ * do not touch KVM or QEMU state, so the walk can be unit-tested over a
+ * fake ring; the caller (accel/kvm/kvm-all.c) resets the ring and,
+ * because the skipped entries named pages that were dirtied, marks all
+ * guest memory dirty.
  *
  * Copyright (c) 2026 The Ferry developers
  *

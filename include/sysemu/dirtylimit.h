@@ -16,6 +16,13 @@
 bool dirtylimit_in_service(void);
 
 /**
+ * dirtylimit_supported: true when vCPU dirty rates can be limited: under
+ * TCG, or under KVM with a dirty ring (accelerator property
+ * dirty-ring-size).
+ */
+bool dirtylimit_supported(void);
+
+/**
  * dirtylimit_vcpu_execute: charge @cpu for the pages it dirtied since its
  * last charge and sleep the penalty its controller prescribes.  Called
  * by the vCPU thread before entering the guest, without the BQL.  Returns
@@ -28,6 +35,13 @@ void dirtylimit_vcpu_execute(CPUState *cpu);
  * ring should be harvested before it enters the guest again.
  */
 bool dirtylimit_vcpu_harvest_due(CPUState *cpu);
+
+/**
+ * dirtylimit_vcpu_charge_due: true when @cpu, a TCG vCPU, has dirtied a
+ * slice of its quota since it was last charged and should leave the
+ * guest to pay for it.
+ */
+bool dirtylimit_vcpu_charge_due(CPUState *cpu);
 
 /**
  * dirtylimit_migration_engage: limit every vCPU to @quota_mb MB/s for the

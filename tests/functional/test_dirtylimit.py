@@ -1,10 +1,12 @@
-"""vCPU dirty page rate limit on the KVM dirty ring (SPEC section 1).
+"""vCPU dirty page rate limit (SPEC section 1), on the KVM dirty ring
+and under TCG.
 
-The guest is tests/guests/x86-dirty.S under KVM with a dirty ring; its
-rate is measured from its own progress (the page bytes it increments and
-its pass counter, read from guest memory), not from QEMU's counters.
-/dev/kvm here is PVM, which emulates this guest and pushes a dirty-ring
-entry per write; Ferry must neither livelock nor lose pages on it.
+The guest is tests/guests/x86-dirty.S; its rate is measured from its own
+progress (the page bytes it increments and its pass counter, read from
+guest memory), not from QEMU's counters.  /dev/kvm here is PVM, which
+emulates this guest and pushes a dirty-ring entry per write; Ferry must
+neither livelock nor lose pages on it.  Under TCG, Ferry counts each
+limited vCPU's writes in TCG's write path (softmmu/dirtylimit-tcg.c).
 """
 
 import statistics
@@ -44,15 +46,16 @@ def within(measured, quota):
     return abs(measured - quota) <= max(0.05 * quota, 1.0)
 
 
-@unittest.skipUnless(KVM, SKIP_KVM)
-class DirtyLimitKvm(unittest.TestCase):
-    ring = 4096
+class DirtyLimitHolds:
+    """Quotas held, cancel, re-convergence, errors and HMP, for any
+    accelerator that supports the dirty limit (ACCEL)."""
+    accel = None
 
     def setUp(self):
         self.boot()
 
     def boot(self):
-        self.vm = dirty_guest(accel='kvm,dirty-ring-size=%d' % self.ring)
+        self.vm = dirty_guest(accel=self.accel)
         self.vm.launch()
         self.addCleanup(self.vm.shutdown, hard=True)
         self.vm.wait_serial('FP', timeout=60)
@@ -67,7 +70,9 @@ class DirtyLimitKvm(unittest.TestCase):
         self.vm.command('set-vcpu-dirty-limit', dirty_rate=rate, **kw)
 
     def check_holds(self, quota):
-        free = guest_rate(self.vm, 1)
+        # Medians of a few windows: TCG's free rate swings by +-30 % from
+        # one second to the next.
+        free = statistics.median(guest_rate(self.vm, 1) for _ in range(3))
         self.assertGreater(free, quota * 1.5, 'guest too slow to test %d MB/s'
                            % quota)
         self.limit(quota)
@@ -81,7 +86,7 @@ class DirtyLimitKvm(unittest.TestCase):
                         info)
         self.vm.command('cancel-vcpu-dirty-limit')
         time.sleep(1)
-        after = guest_rate(self.vm, 1)
+        after = statistics.median(guest_rate(self.vm, 0.5) for _ in range(3))
         self.assertGreater(after, free * 0.7,
                            'free rate %.0f not restored (%.0f)' % (free, after))
         self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
@@ -123,6 +128,30 @@ class DirtyLimitKvm(unittest.TestCase):
         self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
         self.assertGreater(guest_rate(self.vm, 1), 100)
 
+    def test_vcpu_below_its_quota_is_not_penalised(self):
+        # Counting dirty pages has a cost of its own (dirty logging under
+        # KVM, one trap per page and epoch under TCG), so the reference is
+        # the rate under a limit that can never bind; a quota twice that
+        # rate must cost nothing more: no penalty is ever served.  Windows
+        # alternate and medians absorb host noise.
+        unbound, limited = [], []
+        self.limit(1 << 20)
+        time.sleep(0.5)
+        quota = int(2 * guest_rate(self.vm, 1)) + 1
+        for _ in range(3):
+            self.limit(1 << 20)
+            time.sleep(0.5)
+            unbound.append(guest_rate(self.vm, 2))
+            self.limit(quota)
+            time.sleep(0.5)
+            limited.append(guest_rate(self.vm, 2))
+        unbound = statistics.median(unbound)
+        limited = statistics.median(limited)
+        self.assertGreater(limited, 0.9 * unbound,
+                           '%.0f MB/s under a limit that cannot bind, %.0f '
+                           'MB/s under a %d MB/s quota'
+                           % (unbound, limited, quota))
+
     def test_hmp_commands(self):
         hmp = lambda cmd: self.vm.command('human-monitor-command',
                                           command_line=cmd)
@@ -134,19 +163,12 @@ class DirtyLimitKvm(unittest.TestCase):
         self.assertIn('not enabled', hmp('info vcpu_dirty_limit'))
 
 
-@unittest.skipUnless(KVM, SKIP_KVM)
-class DirtyLimitTwoVcpus(unittest.TestCase):
+class TwoVcpusChecks:
     """A limit on one vCPU leaves the other alone (x86-dirty-smp.img)."""
-
-    # Known defect (issue 3): in full CI runs vCPU 0 lost 6-21 % while
-    # vCPU 1 was limited; run and reported, not yet required to pass.
-    @pytest.mark.xfail(strict=False, reason='limiting vCPU 1 slows vCPU 0 '
-                       'by up to 21 % under load (issue 3, open)')
-    def test_limit_on_vcpu1_spares_vcpu0(self):
-        retry_once(self.check_spares, lambda: None)
+    accel = None
 
     def check_spares(self):
-        vm = dirty_guest('x86-dirty-smp.img', accel='kvm,dirty-ring-size=4096')
+        vm = dirty_guest('x86-dirty-smp.img', accel=self.accel)
         vm.launch()
         try:
             self.measure_spares(vm)
@@ -186,6 +208,35 @@ class DirtyLimitTwoVcpus(unittest.TestCase):
         self.assertEqual(limits, {0: 1 << 20, 1: 10})
 
 
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitTwoVcpusKvm(TwoVcpusChecks, unittest.TestCase):
+    accel = 'kvm,dirty-ring-size=4096'
+
+    # Known defect (issue 3): in full CI runs vCPU 0 lost 6-21 % while
+    # vCPU 1 was limited; run and reported, not yet required to pass.
+    @pytest.mark.xfail(strict=False, reason='limiting vCPU 1 slows vCPU 0 '
+                       'by up to 21 % under load (issue 3, open)')
+    def test_limit_on_vcpu1_spares_vcpu0(self):
+        retry_once(self.check_spares, lambda: None)
+
+
+class DirtyLimitTwoVcpusTcg(TwoVcpusChecks, unittest.TestCase):
+    accel = 'tcg'
+
+    def test_limit_on_vcpu1_spares_vcpu0(self):
+        retry_once(self.check_spares, lambda: None)
+
+
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitKvm(DirtyLimitHolds, unittest.TestCase):
+    accel = 'kvm,dirty-ring-size=4096'
+
+
+class DirtyLimitTcg(DirtyLimitHolds, unittest.TestCase):
+    """Without a dirty ring: TCG counts the writes (one vCPU, MTTCG)."""
+    accel = 'tcg'
+
+
 # Known defect (issue 3): with 1024 entries the 0.5 ms kicks cost enough
 # that a loaded host held 772 MB/s for 1000 and 71 MB/s for 100; the
 # class runs and reports, but is not yet required to pass.
@@ -193,12 +244,12 @@ class DirtyLimitTwoVcpus(unittest.TestCase):
                    'under load (issue 3, open)')
 @unittest.skipUnless(KVM, SKIP_KVM)
 class DirtyLimitKvmSmallRing(DirtyLimitKvm):
-    ring = 1024
+    accel = 'kvm,dirty-ring-size=1024'
 
 
 class DirtyLimitErrors(unittest.TestCase):
-    def test_tcg_guest_reports_dirty_ring_requirement(self):
-        vm = dirty_guest('x86-dirty-32m.img')
+    def check_dirty_ring_required(self, accel):
+        vm = dirty_guest('x86-dirty-32m.img', accel=accel)
         vm.launch()
         self.addCleanup(vm.shutdown)
         err = vm.qmp('set-vcpu-dirty-limit', dirty_rate=10)
@@ -206,6 +257,21 @@ class DirtyLimitErrors(unittest.TestCase):
         err = vm.qmp('migrate-set-capabilities', capabilities=[
             {'capability': 'dirty-limit', 'state': True}])
         self.assertIn("'dirty-ring-size'", err['error']['desc'])
+        self.assertEqual(vm.command('query-vcpu-dirty-limit'), [])
+
+    def test_no_vcpu_execution_reports_dirty_ring_requirement(self):
+        self.check_dirty_ring_required('qtest')
+
+    @unittest.skipUnless(KVM, SKIP_KVM)
+    def test_kvm_without_ring_reports_dirty_ring_requirement(self):
+        self.check_dirty_ring_required('kvm')
+
+    def test_single_threaded_tcg_is_refused(self):
+        vm = dirty_guest('x86-dirty-32m.img', accel='tcg,thread=single')
+        vm.launch()
+        self.addCleanup(vm.shutdown)
+        err = vm.qmp('set-vcpu-dirty-limit', dirty_rate=10)
+        self.assertIn('thread=multi', err['error']['desc'])
         self.assertEqual(vm.command('query-vcpu-dirty-limit'), [])
 
     def test_parameters_validated(self):
@@ -227,12 +293,12 @@ class DirtyLimitErrors(unittest.TestCase):
         self.assertEqual(params['x-vcpu-dirty-limit-period'], 200)
 
 
-@unittest.skipUnless(KVM, SKIP_KVM)
-class DirtyLimitMigration(unittest.TestCase):
+class MigrationChecks:
     """A guest dirtying faster than the link converges only when throttled."""
+    accel = None
 
     def pair(self):
-        src = dirty_guest(accel='kvm,dirty-ring-size=4096')
+        src = dirty_guest(accel=self.accel)
         src.launch()
         # A process quit mid-migration may close QMP before it answers.
         self.addCleanup(src.shutdown, hard=True)
@@ -287,6 +353,16 @@ class DirtyLimitMigration(unittest.TestCase):
         self.assertGreaterEqual(info['ram']['dirty-sync-count'], 3)
         src.command('migrate_cancel')
         self.assertEqual(wait_migration(src)['status'], 'cancelled')
+
+
+
+@unittest.skipUnless(KVM, SKIP_KVM)
+class DirtyLimitMigrationKvm(MigrationChecks, unittest.TestCase):
+    accel = 'kvm,dirty-ring-size=4096'
+
+
+class DirtyLimitMigrationTcg(MigrationChecks, unittest.TestCase):
+    accel = 'tcg'
 
 
 if __name__ == '__main__':

@@ -1,0 +1,47 @@
+/*
+ * Dirty limit without a dirty ring: TCG counts what each vCPU dirties
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef SYSEMU_DIRTYLIMIT_TCG_H
+#define SYSEMU_DIRTYLIMIT_TCG_H
+
+#include "exec/cpu-common.h"
+
+/**
+ * dirtylimit_tcg_write_trapped: true when @cpu's next write to the page
+ * at @addr must be counted, so its TLB entry needs TLB_NOTDIRTY.  Called
+ * by accel/tcg/cputlb.c when it maps a RAM page for writing.
+ */
+bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr);
+
+/**
+ * dirtylimit_tcg_note_write: count @cpu's write to the page at @addr if
+ * it is the vCPU's first to it this epoch, and make the vCPU leave the
+ * guest when it has dirtied a slice of its quota.  Called by
+ * accel/tcg/cputlb.c's slow path for writes to TLB_NOTDIRTY pages, in the
+ * vCPU thread, within an RCU read-side critical section.
+ */
+void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr);
+
+/**
+ * dirtylimit_tcg_start: start counting (BQL held).  Arms every page.
+ */
+void dirtylimit_tcg_start(void);
+
+/**
+ * dirtylimit_tcg_stop: stop counting (BQL held).
+ */
+void dirtylimit_tcg_stop(void);
+
+/**
+ * dirtylimit_tcg_rearm: start a new counting epoch: every page is armed
+ * again and limited vCPUs' TLBs trap their next write to any RAM page.
+ * Called by the dirty limit's controller thread.
+ */
+void dirtylimit_tcg_rearm(void);
+
+#endif

@@ -1,0 +1,152 @@
+/*
+ * Dirty limit without a dirty ring: TCG counts what each vCPU dirties
+ *
+ * Under KVM a limited vCPU's dirty pages are counted by harvesting its
+ * dirty ring; TCG has no ring, so this file counts them in TCG's own
+ * write path.  It owns the "armed" bitmap, one bit per target page of the
+ * ram_addr space: while a limited vCPU maps an armed page for writing,
+ * its TLB entry carries TLB_NOTDIRTY (accel/tcg/cputlb.c asks
+ * dirtylimit_tcg_write_trapped()), so its first write to the page takes
+ * the slow path, where dirtylimit_tcg_note_write() disarms the page and
+ * counts it in CPUState::dirty_pages.  Once per epoch the controller
+ * thread re-arms every page and resets the limited vCPUs' TLBs, the way
+ * a migration bitmap sync does, so the count is "pages newly dirtied per
+ * epoch": the semantics of a dirty ring harvested every epoch.
+ *
+ * Only limited vCPUs ever trap, and the bitmap is separate from the
+ * DIRTY_MEMORY_* bitmaps, so counting never clears a dirty bit that
+ * migration or display still need.  The bitmap is global: a page that
+ * two limited vCPUs write in one epoch is counted for the first.
+ *
+ * Copyright (c) 2026 The Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bitmap.h"
+#include "qemu/rcu.h"
+#include "exec/exec-all.h"
+#include "exec/ramlist.h"
+#include "exec/ramblock.h"
+#include "exec/target_page.h"
+#include "hw/core/cpu.h"
+#include "sysemu/dirtylimit.h"
+#include "sysemu/dirtylimit-tcg.h"
+#include "trace.h"
+
+typedef struct ArmedPages {
+    struct rcu_head rcu;
+    uint64_t npages;                /* pages of ram_addr space covered */
+    unsigned long bits[];           /* set: trap the page's next write */
+} ArmedPages;
+
+static struct {
+    ArmedPages *armed;              /* RCU; grows with the RAM, never shrinks */
+    bool counting;                  /* read locklessly by vCPUs */
+} dirtylimit_tcg;
+
+static uint64_t dirtylimit_tcg_page(ram_addr_t addr)
+{
+    return addr >> qemu_target_page_bits();
+}
+
+/* Pages needed to cover every RAMBlock, hot-plugged ones included. */
+static uint64_t dirtylimit_tcg_ram_pages(void)
+{
+    ram_addr_t end = 0;
+    RAMBlock *block;
+
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH(block) {
+        end = MAX(end, block->offset + block->max_length);
+    }
+    return DIV_ROUND_UP(end, qemu_target_page_size());
+}
+
+bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr)
+{
+    ArmedPages *armed;
+    uint64_t page = dirtylimit_tcg_page(addr);
+
+    if (!qatomic_read(&dirtylimit_tcg.counting) ||
+        !dirtylimit_vcpu_harvest_due(cpu)) {
+        return false;
+    }
+    armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
+    return page < armed->npages && test_bit(page, armed->bits);
+}
+
+void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
+{
+    ArmedPages *armed;
+    uint64_t page = dirtylimit_tcg_page(addr);
+
+    if (!dirtylimit_tcg_write_trapped(cpu, addr)) {
+        return;
+    }
+    armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
+    if (!bitmap_test_and_clear_atomic(armed->bits, page, 1)) {
+        return;                     /* another vCPU counted it first */
+    }
+    /* Only this vCPU's thread writes its count. */
+    qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
+    if (dirtylimit_vcpu_charge_due(cpu)) {
+        /* Leave the TB loop at the next TB to serve the penalty. */
+        cpu_exit(cpu);
+    }
+}
+
+void dirtylimit_tcg_rearm(void)
+{
+    ArmedPages *armed;
+    RAMBlock *block;
+    CPUState *cpu;
+
+    if (!qatomic_read(&dirtylimit_tcg.counting)) {
+        return;
+    }
+    RCU_READ_LOCK_GUARD();
+    armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
+    /* Arm first: a TLB entry filled after its reset below then traps. */
+    bitmap_set_atomic(armed->bits, 0, armed->npages);
+    CPU_FOREACH(cpu) {
+        if (!dirtylimit_vcpu_harvest_due(cpu)) {
+            continue;
+        }
+        RAMBLOCK_FOREACH(block) {
+            tlb_reset_dirty(cpu, (uintptr_t)block->host, block->used_length);
+        }
+    }
+}
+
+void dirtylimit_tcg_start(void)
+{
+    uint64_t npages = dirtylimit_tcg_ram_pages();
+    ArmedPages *old = dirtylimit_tcg.armed;
+
+    if (!old || old->npages < npages) {
+        ArmedPages *armed = g_malloc0(sizeof(*armed) +
+                                      BITS_TO_LONGS(npages) * sizeof(long));
+
+        armed->npages = npages;
+        qatomic_rcu_set(&dirtylimit_tcg.armed, armed);
+        if (old) {
+            g_free_rcu(old, rcu);
+        }
+    }
+    trace_dirtylimit_tcg_start(npages);
+    qatomic_set(&dirtylimit_tcg.counting, true);
+    dirtylimit_tcg_rearm();
+}
+
+void dirtylimit_tcg_stop(void)
+{
+    /*
+     * TLB entries still flagged TLB_NOTDIRTY take the slow path once
+     * more and lose the flag there (dirtylimit_tcg_write_trapped() is
+     * false from now on); the bitmap stays for vCPUs still looking at it.
+     */
+    qatomic_set(&dirtylimit_tcg.counting, false);
+    trace_dirtylimit_tcg_stop();
+}
