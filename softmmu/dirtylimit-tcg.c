@@ -70,7 +70,7 @@ bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr)
     uint64_t page = dirtylimit_tcg_page(addr);
 
     if (!qatomic_read(&dirtylimit_tcg.counting) ||
-        !dirtylimit_vcpu_harvest_due(cpu)) {
+        !dirtylimit_vcpu_limited(cpu)) {
         return false;
     }
     armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
@@ -111,7 +111,7 @@ void dirtylimit_tcg_rearm(void)
     /* Arm first: a TLB entry filled after its reset below then traps. */
     bitmap_set_atomic(armed->bits, 0, armed->npages);
     CPU_FOREACH(cpu) {
-        if (!dirtylimit_vcpu_harvest_due(cpu)) {
+        if (!dirtylimit_vcpu_limited(cpu)) {
             continue;
         }
         RAMBLOCK_FOREACH(block) {

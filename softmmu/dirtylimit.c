@@ -8,25 +8,28 @@
  * softmmu/dirtylimit-controller.c.
  *
  * How it works with the KVM dirty ring:
- *  - A limited vCPU harvests its own dirty ring every time it leaves
- *    KVM_RUN (accel/kvm/kvm-all.c), which counts its dirtied pages in
- *    CPUState::dirty_pages.
- *  - Before it re-enters the guest, dirtylimit_vcpu_execute() charges the
- *    pages dirtied since the last charge to the vCPU's leaky bucket and
- *    sleeps the penalty the bucket prescribes: the vCPU's dirty rate
- *    cannot exceed its quota over any interval, however small the quota.
- *  - The controller thread kicks limited vCPUs every few milliseconds, so
- *    rings are harvested long before they fill (a ring that overflows
- *    anyway is recovered by kvm-all.c), and once a period feeds the
- *    measured rate back to each controller, which trims the bucket so the
- *    measured rate sits at the quota and reports it as current-rate.
+ *  - Every few milliseconds the controller thread harvests each limited
+ *    vCPU's dirty ring while the vCPU runs (accel/kvm/kvm-all.c counts
+ *    the pages in CPUState::dirty_pages), so rings are harvested long
+ *    before they fill; a ring that overflows anyway is recovered by
+ *    kvm-all.c.  The harvested pages are charged to the vCPU's leaky
+ *    bucket: the vCPU's dirty rate cannot exceed its quota over any
+ *    interval, however small the quota.
+ *  - Only when the bucket prescribes a penalty does the thread signal the
+ *    vCPU, which serves it where KVM_RUN returned, without the BQL
+ *    (dirtylimit_vcpu_serve_signal()); a vCPU below its quota is never
+ *    stopped at all.  Pages a vCPU harvests itself at a ring-full exit
+ *    are charged by dirtylimit_vcpu_execute() before it re-enters.
+ *  - Once a period the thread feeds the measured rate back to each
+ *    controller, which trims the bucket so the measured rate sits at the
+ *    quota, and reports it as current-rate.
  *
  * Without a dirty ring (TCG), softmmu/dirtylimit-tcg.c counts each
  * limited vCPU's first write to a page per epoch in TCG's write path, and
  * the vCPU leaves the guest to be charged whenever it has dirtied a slice
  * of its quota: the same leaky bucket, paid in time slices rather than at
- * ring-full exits.  The controller thread starts a new epoch instead of
- * kicking.
+ * ring-full exits.  The controller thread starts a new epoch where it
+ * would harvest.
  *
  * Locking: the QMP/HMP commands and the migration hooks run under the
  * BQL; a vCPU's controller is guarded by its own mutex, so vCPU threads
@@ -43,6 +46,7 @@
 #include "qapi/qapi-commands-migration.h"
 #include "qapi/qmp/qdict.h"
 #include "qemu/main-loop.h"
+#include "qemu/thread.h"
 #include "qemu/rcu.h"
 #include "qemu/thread.h"
 #include "qemu/timer.h"
@@ -57,6 +61,7 @@
 #include "sysemu/dirtylimit.h"
 #include "sysemu/dirtylimit-controller.h"
 #include "sysemu/dirtylimit-tcg.h"
+#include "sysemu/kvm-dirty-ring.h"
 #include "trace.h"
 
 /* Feedback period of limits set by the user (migration sets its own). */
@@ -87,7 +92,8 @@ typedef struct DirtyLimitVcpu {
     DirtyLimitController ctl;
     bool limited;                   /* read locklessly by the vCPU */
     bool by_migration;              /* set by dirtylimit_migration_engage */
-    bool sleeping;                  /* serving a penalty; not worth a kick */
+    bool sleeping;                  /* serving a penalty: dirties nothing */
+    bool penalty_signalled;         /* KVM: signalled to serve a penalty */
     uint64_t quota_mb;
     uint64_t slice_pages;           /* TCG: pages dirtied between charges */
     uint64_t charged_pages;         /* CPUState::dirty_pages charged so far */
@@ -133,7 +139,7 @@ bool dirtylimit_supported(void)
            (kvm_enabled() && kvm_dirty_ring_enabled());
 }
 
-bool dirtylimit_vcpu_harvest_due(CPUState *cpu)
+bool dirtylimit_vcpu_limited(CPUState *cpu)
 {
     DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
 
@@ -149,9 +155,17 @@ bool dirtylimit_vcpu_charge_due(CPUState *cpu)
            qatomic_read(&v->slice_pages);
 }
 
+/* True when something other than the dirty limit wants the vCPU. */
+static bool dirtylimit_vcpu_wanted(CPUState *cpu)
+{
+    return qatomic_read(&cpu->stop) || qatomic_read(&cpu->exit_request) ||
+           qatomic_read(&cpu->thread_kicked) ||
+           !QSIMPLEQ_EMPTY_ATOMIC(&cpu->work_list);
+}
+
 /*
- * Sleep @ns, in naps, unless the vCPU must stop, has work queued or lost
- * its limit.  Returns true if the whole penalty was served.
+ * Sleep @ns, in naps, unless the vCPU is wanted or lost its limit.
+ * Returns true if the whole penalty was served.
  */
 static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
 {
@@ -163,31 +177,36 @@ static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
         if (left <= 0) {
             return true;
         }
-        if (qatomic_read(&cpu->stop) || qatomic_read(&cpu->exit_request) ||
-            !QSIMPLEQ_EMPTY_ATOMIC(&cpu->work_list) ||
-            !qatomic_read(&v->limited)) {
+        if (dirtylimit_vcpu_wanted(cpu) || !qatomic_read(&v->limited)) {
             return false;
         }
         g_usleep(MIN(left / SCALE_US + 1, DIRTYLIMIT_NAP_US));
     }
 }
 
-void dirtylimit_vcpu_execute(CPUState *cpu)
+/* Charge what @cpu dirtied since its last charge; returns the penalty. */
+static int64_t dirtylimit_vcpu_charge(CPUState *cpu, DirtyLimitVcpu *v)
 {
-    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
     uint64_t pages, bytes;
     int64_t sleep_ns;
 
-    if (!v || !qatomic_read(&v->limited)) {
-        return;
-    }
     qemu_mutex_lock(&v->lock);
     pages = qatomic_read(&cpu->dirty_pages);
     bytes = (pages - v->charged_pages) * qemu_target_page_size();
     qatomic_set(&v->charged_pages, pages);
     sleep_ns = dirtylimit_controller_charge(&v->ctl, bytes, get_clock());
     qemu_mutex_unlock(&v->lock);
+    return sleep_ns;
+}
 
+/* Sleep whatever penalty the vCPU owes, in the vCPU thread. */
+static void dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
+{
+    int64_t sleep_ns;
+
+    qemu_mutex_lock(&v->lock);
+    sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
+    qemu_mutex_unlock(&v->lock);
     if (sleep_ns <= 0) {
         return;
     }
@@ -203,12 +222,39 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
         dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
 }
 
+void dirtylimit_vcpu_execute(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+    if (!v || !qatomic_read(&v->limited)) {
+        return;
+    }
+    qatomic_set(&v->penalty_signalled, false);
+    dirtylimit_vcpu_charge(cpu, v);
+    dirtylimit_vcpu_serve(cpu, v);
+}
+
+bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+    if (!v || !qatomic_xchg(&v->penalty_signalled, false)) {
+        return false;
+    }
+    if (dirtylimit_vcpu_wanted(cpu)) {
+        /* It leaves KVM_RUN anyway; dirtylimit_vcpu_execute() serves. */
+        return false;
+    }
+    dirtylimit_vcpu_serve(cpu, v);
+    return true;
+}
+
 /*
- * Harvest interval: a kick well before a vCPU at full speed fills half
- * its ring (0.65 M pages/s fill 4096 entries in about 6 ms).  TCG counts
- * as the vCPU writes, and the interval is its counting epoch.
+ * Harvest interval: well before a vCPU at full speed fills half its ring
+ * (0.65 M pages/s fill 4096 entries in about 6 ms).  TCG counts as the
+ * vCPU writes, and the interval is its counting epoch.
  */
-static int64_t dirtylimit_kick_interval_us(void)
+static int64_t dirtylimit_harvest_interval_us(void)
 {
     uint32_t ring = kvm_enabled() ? kvm_dirty_ring_size() : 0;
 
@@ -218,7 +264,19 @@ static int64_t dirtylimit_kick_interval_us(void)
     return MAX(500, MIN(5000, ring / 2));
 }
 
-static void dirtylimit_kick_busy_vcpus(void)
+/*
+ * Signal @cpu to leave KVM_RUN without qemu_cpu_kick(): a kick marks the
+ * vCPU wanted by the rest of QEMU, and it would take the BQL to return.
+ */
+static void dirtylimit_vcpu_signal(CPUState *cpu)
+{
+#ifdef CONFIG_KVM
+    pthread_kill(cpu->thread->thread, SIG_IPI);
+#endif
+}
+
+/* KVM: harvest every limited vCPU's ring and charge it, from this thread. */
+static void dirtylimit_harvest_vcpus(void)
 {
     CPUState *cpu;
 
@@ -226,9 +284,16 @@ static void dirtylimit_kick_busy_vcpus(void)
         CPU_FOREACH(cpu) {
             DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
 
-            if (v && qatomic_read(&v->limited) &&
-                !qatomic_read(&v->sleeping)) {
-                qemu_cpu_kick(cpu);
+            if (!v || !qatomic_read(&v->limited) ||
+                qatomic_read(&v->sleeping)) {
+                continue;
+            }
+#ifdef CONFIG_KVM
+            kvm_dirty_ring_reap_vcpu(cpu);
+#endif
+            if (dirtylimit_vcpu_charge(cpu, v) > 0) {
+                qatomic_set(&v->penalty_signalled, true);
+                dirtylimit_vcpu_signal(cpu);
             }
         }
     }
@@ -317,11 +382,11 @@ static void *dirtylimit_thread(void *opaque)
             period_start = now;
         }
         if (kvm_enabled()) {
-            dirtylimit_kick_busy_vcpus();
+            dirtylimit_harvest_vcpus();
         } else {
             dirtylimit_tcg_counting_epoch();
         }
-        g_usleep(dirtylimit_kick_interval_us());
+        g_usleep(dirtylimit_harvest_interval_us());
     }
     rcu_unregister_thread();
     return NULL;

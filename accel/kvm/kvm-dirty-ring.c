@@ -11,6 +11,17 @@
  * is nothing to collect: a livelock that a client following the rules
  * cannot leave.
  *
+ * An overrun can also leave KVM's reset index on an empty slot in front
+ * of entries userspace already collected (the ring wrapped over entries
+ * that were collected but not yet reset, and KVM's reset stopped a lap
+ * short).  Every slot is empty or collected, KVM_RESET_DIRTY_RINGS resets
+ * nothing, and the ring stays full.  From the ring alone the stuck reset
+ * index cannot be told from the free slots before it, so the empty slots
+ * in front of the collected run are handed back one at a time, nearest
+ * first, with a reset after each, until KVM moves: the slot that lets it
+ * move is its reset index, and no slot KVM has yet to push is ever handed
+ * back.
+ *
  * These helpers work on one ring at a time; the vCPU may be running, as
  * KVM pushes entries in order and a run is only skipped when the slot at
  * the fetch index is still empty after a later slot was seen dirty.  They
@@ -63,6 +74,53 @@ uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
                               KVM_DIRTY_GFN_F_RESET);
     }
     return distance;
+}
+
+/*
+ * Find the collected slot nearest at or after @fetch that follows an
+ * empty one: the start of the run KVM's reset is stuck in front of.
+ */
+static bool kvm_dirty_ring_find_stuck_run(struct kvm_dirty_gfn *gfns,
+                                          uint32_t size, uint32_t fetch,
+                                          uint32_t *start)
+{
+    uint32_t i;
+
+    for (i = 0; i < size; i++) {
+        uint32_t at = fetch + i;
+
+        if (gfn_flags(&gfns[at & (size - 1)]) == KVM_DIRTY_GFN_F_RESET &&
+            !gfn_flags(&gfns[(at - 1) & (size - 1)])) {
+            *start = at;
+            return true;
+        }
+    }
+    return false;
+}
+
+uint32_t kvm_dirty_ring_unstick_reset(struct kvm_dirty_gfn *gfns,
+                                      uint32_t size, uint32_t fetch,
+                                      void (*reset)(void *opaque),
+                                      void *opaque)
+{
+    uint32_t handed = 0, start;
+
+    reset(opaque);
+    if (!kvm_dirty_ring_find_stuck_run(gfns, size, fetch, &start)) {
+        return 0;
+    }
+    while (handed < size - 1 &&
+           gfn_flags(&gfns[start & (size - 1)]) == KVM_DIRTY_GFN_F_RESET) {
+        struct kvm_dirty_gfn *gfn = &gfns[(start - handed - 1) & (size - 1)];
+
+        if (gfn_flags(gfn)) {
+            break;
+        }
+        qatomic_store_release(&gfn->flags, KVM_DIRTY_GFN_F_RESET);
+        handed++;
+        reset(opaque);
+    }
+    return handed;
 }
 
 void kvm_dirty_ring_census(struct kvm_dirty_gfn *gfns, uint32_t size,

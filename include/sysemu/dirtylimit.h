@@ -31,10 +31,18 @@ bool dirtylimit_supported(void);
 void dirtylimit_vcpu_execute(CPUState *cpu);
 
 /**
- * dirtylimit_vcpu_harvest_due: true when @cpu is limited and its dirty
- * ring should be harvested before it enters the guest again.
+ * dirtylimit_vcpu_limited: true when @cpu has a dirty page rate limit.
  */
-bool dirtylimit_vcpu_harvest_due(CPUState *cpu);
+bool dirtylimit_vcpu_limited(CPUState *cpu);
+
+/**
+ * dirtylimit_vcpu_serve_signal: called by a KVM vCPU thread when KVM_RUN
+ * was interrupted by a signal.  If the dirty limit sent it, and nothing
+ * else wants the vCPU, sleep the penalty it owes and return true: the
+ * vCPU goes straight back into KVM_RUN, without the BQL.  Otherwise
+ * return false and let the vCPU leave KVM_RUN as usual.
+ */
+bool dirtylimit_vcpu_serve_signal(CPUState *cpu);
 
 /**
  * dirtylimit_vcpu_charge_due: true when @cpu, a TCG vCPU, has dirtied a

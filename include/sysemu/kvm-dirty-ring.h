@@ -31,6 +31,30 @@ uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
                                   uint32_t fetch);
 
 /**
+ * kvm_dirty_ring_unstick_reset: move KVM's reset index past the empty
+ * slots an overrun left behind the collected run
+ * @gfns: a vCPU's dirty ring, quiescent (its vCPU outside KVM_RUN)
+ * @size: number of entries in the ring
+ * @fetch: userspace's fetch index
+ * @reset: issues KVM_RESET_DIRTY_RINGS
+ * @opaque: passed to @reset
+ *
+ * Called when a full ring has nothing to harvest and no lost run at
+ * @fetch.  Resets the rings; if a collected run, nearest at or after
+ * @fetch, still follows an empty slot, KVM's reset index is stuck in the
+ * empty run in front of it: hands those empty slots back as collected,
+ * nearest first, resetting after each, until the run is reset.  The first
+ * slot that lets KVM move is its reset index, so no slot beyond it is
+ * ever handed back.
+ *
+ * Returns the number of slots handed back (entries the overrun lost).
+ */
+uint32_t kvm_dirty_ring_unstick_reset(struct kvm_dirty_gfn *gfns,
+                                      uint32_t size, uint32_t fetch,
+                                      void (*reset)(void *opaque),
+                                      void *opaque);
+
+/**
  * kvm_dirty_ring_census: count a ring's slots by state, for diagnostics
  * @gfns: the ring
  * @size: number of entries
@@ -39,5 +63,15 @@ uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
  */
 void kvm_dirty_ring_census(struct kvm_dirty_gfn *gfns, uint32_t size,
                            uint32_t *dirty, uint32_t *collected);
+
+/**
+ * kvm_dirty_ring_reap_vcpu: harvest @cpu's dirty ring into the KVM slots'
+ * dirty bitmaps and reset it, counting the pages in @cpu->dirty_pages.
+ * Safe from any thread while the vCPU runs; takes the KVM slots lock,
+ * not the BQL.  Implemented in accel/kvm/kvm-all.c.
+ *
+ * Returns the number of pages harvested.
+ */
+uint64_t kvm_dirty_ring_reap_vcpu(CPUState *cpu);
 
 #endif

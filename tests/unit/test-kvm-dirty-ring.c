@@ -4,7 +4,9 @@
  * The rings are plain arrays laid out as KVM lays them out, in the states
  * KVM leaves them in: consistent rings must never be touched, and an
  * overrun ring must have exactly its empty run at the fetch index handed
- * back as collected.
+ * back as collected.  A fake KVM reset index (the kernel's
+ * kvm_dirty_ring_reset() loop) checks that a stuck reset is moved on
+ * without ever handing back a slot beyond it.
  *
  * Copyright (c) 2026 The Ferry developers
  *
@@ -83,6 +85,100 @@ static void test_collected_slots_are_not_dirty(void)
     g_assert_cmpuint(kvm_dirty_ring_skip_lost(ring, RING_SIZE, 15), ==, 15);
 }
 
+/* KVM's reset: reset collected slots from the reset index on. */
+static uint32_t kvm_reset_index;
+
+static void fake_kvm_reset(void *opaque)
+{
+    struct kvm_dirty_gfn *gfn;
+
+    for (;;) {
+        gfn = &ring[kvm_reset_index % RING_SIZE];
+        if (gfn->flags != KVM_DIRTY_GFN_F_RESET) {
+            return;
+        }
+        gfn->flags = 0;
+        kvm_reset_index++;
+    }
+}
+
+static void test_stuck_reset_is_moved_on(void)
+{
+    uint32_t i;
+
+    memset(ring, 0, sizeof(ring));
+    /* reset index 10, 5 entries lost at 10..14, collected 15..60 */
+    kvm_reset_index = 10;
+    fill(15, 46, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE, 61,
+                                                  fake_kvm_reset, NULL),
+                     ==, 5);
+    g_assert_cmpuint(kvm_reset_index, ==, 61);
+    for (i = 0; i < RING_SIZE; i++) {
+        g_assert_cmpuint(ring[i].flags, ==, 0);
+    }
+}
+
+static void test_stuck_reset_wraps(void)
+{
+    memset(ring, 0, sizeof(ring));
+    /* fetch index past several laps; lost run 62..1, collected 2..39 */
+    kvm_reset_index = 7 * RING_SIZE + 62;
+    fill(2, 38, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE,
+                                                  8 * RING_SIZE + 40,
+                                                  fake_kvm_reset, NULL),
+                     ==, 4);
+    g_assert_cmpuint(kvm_reset_index, ==, 8 * RING_SIZE + 40);
+}
+
+static void test_stuck_reset_ahead_of_fetch(void)
+{
+    /*
+     * As seen on PVM: from the fetch index, 3 empty slots (KVM stuck at
+     * the second), 44 collected, then 17 empty up to the fetch index.
+     */
+    memset(ring, 0, sizeof(ring));
+    kvm_reset_index = 11;
+    fill(13, 44, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE, 10,
+                                                  fake_kvm_reset, NULL),
+                     ==, 2);
+    g_assert_cmpuint(kvm_reset_index, ==, 57);
+    g_assert_cmpuint(ring[10].flags, ==, 0);
+}
+
+static void test_pending_reset_needs_no_hand_back(void)
+{
+    memset(ring, 0, sizeof(ring));
+    /* a consistent ring whose collected slots KVM has not reset yet */
+    kvm_reset_index = 20;
+    fill(20, 10, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE, 30,
+                                                  fake_kvm_reset, NULL),
+                     ==, 0);
+    g_assert_cmpuint(kvm_reset_index, ==, 30);
+    /* ... and an empty consistent ring is left alone */
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE, 30,
+                                                  fake_kvm_reset, NULL),
+                     ==, 0);
+    g_assert_cmpuint(kvm_reset_index, ==, 30);
+}
+
+static void test_stuck_behind_dirty_slot_gives_up(void)
+{
+    memset(ring, 0, sizeof(ring));
+    /* a dirty slot behind the collected run: not an overrun to undo */
+    kvm_reset_index = 10;
+    fill(10, 1, KVM_DIRTY_GFN_F_DIRTY);
+    fill(11, 9, KVM_DIRTY_GFN_F_RESET);
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE, 20,
+                                                  fake_kvm_reset, NULL),
+                     ==, 0);
+    g_assert_cmpuint(ring[10].flags, ==, KVM_DIRTY_GFN_F_DIRTY);
+    g_assert_cmpuint(kvm_reset_index, ==, 10);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -96,5 +192,15 @@ int main(int argc, char **argv)
                     test_fetch_index_wraps);
     g_test_add_func("/kvm/dirty-ring/collected-slots-not-dirty",
                     test_collected_slots_are_not_dirty);
+    g_test_add_func("/kvm/dirty-ring/stuck-reset-moved-on",
+                    test_stuck_reset_is_moved_on);
+    g_test_add_func("/kvm/dirty-ring/stuck-reset-wraps",
+                    test_stuck_reset_wraps);
+    g_test_add_func("/kvm/dirty-ring/stuck-reset-ahead-of-fetch",
+                    test_stuck_reset_ahead_of_fetch);
+    g_test_add_func("/kvm/dirty-ring/pending-reset-no-hand-back",
+                    test_pending_reset_needs_no_hand_back);
+    g_test_add_func("/kvm/dirty-ring/stuck-behind-dirty-gives-up",
+                    test_stuck_behind_dirty_slot_gives_up);
     return g_test_run();
 }
