@@ -1,0 +1,123 @@
+"""A pseries guest on this x86 host (TCG) migrates over a slow link only
+with Ferry's dirty limit (SPEC section 1, TCG mode).
+
+The Debian ppc64el kernel copies 16 MiB of random data over and over,
+faster than the link carries it, and checks a second 16 MiB buffer's
+digest after every copy.  Without throttling the migration cannot
+converge; with the dirty-limit capability Ferry counts the vCPU's writes
+in TCG and slows it until it does.  The destination must go on printing
+"ok" ticks that continue the source's count, and the source must run
+free again when a throttled migration is cancelled.
+"""
+
+import re
+import time
+import unittest
+
+from ferry.linux import linux_guest
+from ferry.machine import incoming, wait_migration
+from ferry.migrate import set_caps, set_params
+
+SCRIPT = r'''
+dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null
+dd if=/dev/urandom of=/tmp/src bs=1M count=16 2>/dev/null
+want=$(md5sum < /tmp/data)
+echo READY
+i=0
+while true; do
+    i=$((i + 1))
+    dd if=/tmp/src of=/tmp/copy bs=1M 2>/dev/null
+    if [ "$(md5sum < /tmp/data)" = "$want" ]; then echo "TICK $i ok"; else echo "TICK $i BAD"; fi
+done
+'''
+TICK = re.compile(r'TICK (\d+) (ok|BAD)')
+LINK = 8 << 20          # bytes/s: slower than the guest dirties memory
+THROTTLED_MB = 48       # MB/s: slows the guest, as each tick dirties >16 MiB
+
+
+def ticks(vm):
+    return [(int(n), state) for n, state in TICK.findall(vm.serial())]
+
+
+def tick_rate(vm, seconds):
+    before = len(ticks(vm))
+    time.sleep(seconds)
+    return (len(ticks(vm)) - before) / seconds
+
+
+class DirtyLimitPseries(unittest.TestCase):
+    def source(self):
+        src = linux_guest(SCRIPT, target='ppc64', name='src')
+        src.launch()
+        self.addCleanup(src.shutdown, hard=True)
+        src.wait_serial('TICK 3 ok', timeout=240)
+        set_params(src, max_bandwidth=LINK, downtime_limit=300)
+        return src
+
+    def destination(self, src, name):
+        dst = incoming(src, name=name)
+        dst.launch()
+        self.addCleanup(dst.shutdown, hard=True)
+        return dst
+
+    def test_converges_only_with_dirty_limit(self):
+        src = self.source()
+        dst = self.destination(src, 'dst1')
+        src.command('migrate', uri=dst.uri)
+        time.sleep(20)
+        info = src.command('query-migrate')
+        self.assertEqual(info['status'], 'active', info)
+        self.assertGreaterEqual(info['ram']['dirty-sync-count'], 2, info)
+        src.command('migrate_cancel')
+        self.assertEqual(wait_migration(src)['status'], 'cancelled')
+
+        # The same guest, throttled: the migration must now converge.
+        set_caps(src, dirty_limit=True)
+        set_params(src, vcpu_dirty_limit=1, x_vcpu_dirty_limit_period=200)
+        dst = self.destination(src, 'dst2')
+        src.command('migrate', uri=dst.uri)
+        info = wait_migration(src, timeout=180)
+        self.assertEqual(info['status'], 'completed', info)
+        self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
+        last_src = ticks(src)[-1][0]
+        deadline = time.monotonic() + 60
+        while len(ticks(dst)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = ticks(dst)
+        self.assertGreaterEqual(len(after), 3, 'guest silent on the '
+                                'destination:\n' + dst.serial()[-1000:])
+        self.assertTrue(all(state == 'ok' for _, state in after),
+                        'guest data corrupted:\n' + dst.serial()[-1000:])
+        self.assertLessEqual(after[0][0], last_src + 1)
+
+    def test_cancel_releases_the_limit(self):
+        # A 1 ms downtime limit keeps the throttled migration from
+        # converging, so the cancel always finds it running.
+        src = self.source()
+        dst = self.destination(src, 'dst')
+        set_params(src, downtime_limit=1)
+        free = tick_rate(src, 5)
+        set_caps(src, dirty_limit=True)
+        set_params(src, vcpu_dirty_limit=THROTTLED_MB,
+                   x_vcpu_dirty_limit_period=200)
+        src.command('migrate', uri=dst.uri)
+        deadline = time.monotonic() + 120
+        while not src.command('query-vcpu-dirty-limit'):
+            self.assertLess(time.monotonic(), deadline, 'limit never engaged')
+            time.sleep(0.5)
+        throttled = tick_rate(src, 5)
+        src.command('migrate_cancel')
+        self.assertEqual(wait_migration(src)['status'], 'cancelled')
+        self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
+        time.sleep(1)
+        after = tick_rate(src, 5)
+        print('ticks/s: free %.1f, throttled %.1f, after cancel %.1f'
+              % (free, throttled, after))
+        # Each tick copies 16 MiB: at most THROTTLED_MB / 16 ticks/s.
+        self.assertLessEqual(throttled, THROTTLED_MB / 16 * 1.2 + 0.2)
+        self.assertGreater(after, 0.7 * free)
+        self.assertTrue(all(state == 'ok' for _, state in ticks(src)))
+
+
+if __name__ == '__main__':
+    unittest.main()
