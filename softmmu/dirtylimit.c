@@ -26,9 +26,9 @@
  *
  * Without a dirty ring (TCG), softmmu/dirtylimit-tcg.c counts each
  * limited vCPU's first write to a page per epoch in TCG's write path, and
- * the vCPU leaves the guest to be charged whenever it has dirtied a slice
- * of its quota: the same leaky bucket, paid in time slices rather than at
- * ring-full exits.  The controller thread starts a new epoch where it
+ * the vCPU is charged, and sleeps, right there whenever it has dirtied a
+ * slice of its quota: the same leaky bucket, paid in time slices rather
+ * than at ring-full exits.  The controller thread starts a new epoch where it
  * would harvest.
  *
  * Locking: the QMP/HMP commands and the migration hooks run under the
@@ -78,9 +78,9 @@
 #define DIRTYLIMIT_RATE_WINDOW          4
 /*
  * TCG: a counting epoch, and the share of the quota a vCPU may dirty
- * before it leaves the guest to be charged.  The epoch is as short as the
- * interval between harvests of a 4096-entry ring, so a page rewritten
- * within it counts once, as the ring would record it.
+ * between charges.  The epoch is as short as the interval between
+ * harvests of a 4096-entry ring, so a page rewritten within it counts
+ * once, as the ring would record it.
  */
 #define DIRTYLIMIT_TCG_EPOCH_US         5000
 #define DIRTYLIMIT_TCG_SLICE_US         2000
