@@ -26,7 +26,7 @@
  *
  * Without a dirty ring (TCG), softmmu/dirtylimit-tcg.c counts each
  * limited vCPU's first write to a page per epoch in TCG's write path, and
- * the vCPU is charged, and sleeps, right there whenever it has dirtied a
+ * the vCPU leaves the TB loop to be charged whenever it has dirtied a
  * slice of its quota: the same leaky bucket, paid in time slices rather
  * than at ring-full exits.  The controller thread starts a new epoch where it
  * would harvest.

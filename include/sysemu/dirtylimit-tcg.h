@@ -20,11 +20,10 @@ bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr);
 
 /**
  * dirtylimit_tcg_note_write: count @cpu's write to the page at @addr if
- * it is the vCPU's first to it this epoch, and when the vCPU has dirtied
- * a slice of its quota, charge it and sleep its penalty on the spot.
- * Called by accel/tcg/cputlb.c's slow path for writes to TLB_NOTDIRTY
- * pages, in the vCPU thread, within cpu_exec() (an RCU read-side
- * critical section, no BQL).
+ * it is the vCPU's first to it this epoch, and make the vCPU leave the
+ * TB loop when it has dirtied a slice of its quota.  Called by
+ * accel/tcg/cputlb.c's slow path for writes to TLB_NOTDIRTY pages, in
+ * the vCPU thread, within cpu_exec().
  */
 void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr);
 

@@ -46,7 +46,8 @@ bool dirtylimit_vcpu_serve_signal(CPUState *cpu);
 
 /**
  * dirtylimit_vcpu_charge_due: true when @cpu, a TCG vCPU, has dirtied a
- * slice of its quota since it was last charged and should pay for it.
+ * slice of its quota since it was last charged and should leave the
+ * guest to pay for it.
  */
 bool dirtylimit_vcpu_charge_due(CPUState *cpu);
 
