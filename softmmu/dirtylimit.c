@@ -46,7 +46,6 @@
 #include "qapi/qapi-commands-migration.h"
 #include "qapi/qmp/qdict.h"
 #include "qemu/main-loop.h"
-#include "qemu/thread.h"
 #include "qemu/rcu.h"
 #include "qemu/thread.h"
 #include "qemu/timer.h"
@@ -256,12 +255,10 @@ bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
  */
 static int64_t dirtylimit_harvest_interval_us(void)
 {
-    uint32_t ring = kvm_enabled() ? kvm_dirty_ring_size() : 0;
-
     if (!kvm_enabled()) {
         return DIRTYLIMIT_TCG_EPOCH_US;
     }
-    return MAX(500, MIN(5000, ring / 2));
+    return MAX(500, MIN(5000, kvm_dirty_ring_size() / 2));
 }
 
 /*

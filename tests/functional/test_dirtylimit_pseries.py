@@ -10,11 +10,10 @@ in TCG and slows it until it does.  The destination must go on printing
 free again when a throttled migration is cancelled.
 """
 
-import re
 import time
 import unittest
 
-from ferry.linux import linux_guest
+from ferry.linux import linux_guest, ticks
 from ferry.machine import incoming, wait_migration
 from ferry.migrate import set_caps, set_params
 
@@ -30,13 +29,8 @@ while true; do
     if [ "$(md5sum < /tmp/data)" = "$want" ]; then echo "TICK $i ok"; else echo "TICK $i BAD"; fi
 done
 '''
-TICK = re.compile(r'TICK (\d+) (ok|BAD)')
 LINK = 8 << 20          # bytes/s: slower than the guest dirties memory
 THROTTLED_MB = 48       # MB/s: slows the guest, as each tick dirties >16 MiB
-
-
-def ticks(vm):
-    return [(int(n), state) for n, state in TICK.findall(vm.serial())]
 
 
 def tick_rate(vm, seconds):

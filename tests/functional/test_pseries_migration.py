@@ -6,7 +6,6 @@ digest in a loop; after migration the destination must go on printing
 the spapr/htab section (a radix guest sends the -1 "no HPT" header).
 """
 
-import re
 import time
 import unittest
 
@@ -15,7 +14,7 @@ import unittest
 # destination; noted on issue 5 (HTAB migration) for the pseries work.
 
 from ferry import env
-from ferry.linux import linux_guest
+from ferry.linux import linux_guest, ticks
 from ferry.machine import incoming, wait_migration
 from ferry.migrate import FAST_LINK, set_params
 
@@ -29,11 +28,6 @@ while true; do
     if [ "$(md5sum < /tmp/data)" = "$want" ]; then echo "TICK $i ok"; else echo "TICK $i BAD"; fi
 done
 '''
-TICK = re.compile(r'TICK (\d+) (ok|BAD)')
-
-
-def ticks(vm):
-    return [(int(n), state) for n, state in TICK.findall(vm.serial())]
 
 
 @unittest.skipUnless(env.stock_binary('ppc64'),

@@ -5,6 +5,7 @@ archive (/test.sh), which the kernel unpacks over the first one.
 """
 
 import os
+import re
 
 from ferry import env
 from ferry.cpio import cpio_newc
@@ -46,3 +47,12 @@ def script_output(guest):
     if 'FERRY-TEST-BEGIN' not in text:
         return None
     return text.split('FERRY-TEST-BEGIN\n', 1)[1].split('FERRY-TEST-END', 1)[0]
+
+
+# The "TICK <n> ok|BAD" lines the pseries data-check scripts print.
+TICK = re.compile(r'TICK (\d+) (ok|BAD)')
+
+
+def ticks(guest):
+    """(count, state) of every TICK line GUEST printed so far."""
+    return [(int(n), state) for n, state in TICK.findall(guest.serial())]
