@@ -350,3 +350,16 @@ dirtylimit_controller_period_throttle_ns(const DirtyLimitController *c)
 {
     return c->last_period_throttle_ns;
 }
+
+uint64_t dirtylimit_share(uint64_t pages, int64_t used_ns, int64_t total_ns,
+                          int64_t *remainder)
+{
+    int64_t share;
+
+    if (total_ns <= 0) {
+        return 0;
+    }
+    share = pages * used_ns + *remainder;
+    *remainder = share % total_ns;
+    return share / total_ns;
+}

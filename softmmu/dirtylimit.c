@@ -24,7 +24,15 @@
  *    controller, which trims the bucket so the measured rate sits at the
  *    quota, and reports it as current-rate.
  *
- * Without a dirty ring (TCG), softmmu/dirtylimit-tcg.c counts each
+ * KVM without a dirty ring: the controller thread harvests the VM's dirty
+ * log instead (kvm_dirty_log_harvest()), which says which pages were
+ * dirtied but not by whom.  Each harvest's pages are shared among the
+ * vCPUs in proportion to the CPU time their threads used since the last
+ * one: a halted or penalised vCPU uses none and is charged none, and
+ * vCPUs that dirty alike are each charged what they dirtied.  Penalties
+ * are signalled and served as with the ring.
+ *
+ * Under TCG, softmmu/dirtylimit-tcg.c counts each
  * limited vCPU's first write to a page per epoch in TCG's write path, and
  * the vCPU leaves the TB loop to be charged whenever it has dirtied a
  * slice of its quota: the same leaky bucket, paid in time slices rather
@@ -82,6 +90,16 @@
  * once, as the ring would record it.
  */
 #define DIRTYLIMIT_TCG_EPOCH_US         5000
+/*
+ * KVM dirty log: a vCPU runs unchecked from one harvest to the next, and
+ * each penalty it is signalled to serve costs an exit that the sharing
+ * counts as its use.  Small quotas need small batches, large ones few
+ * signals: harvest every DIRTYLIMIT_LOG_US_PER_MB us per MB/s of the
+ * smallest quota, within these bounds.
+ */
+#define DIRTYLIMIT_LOG_HARVEST_MIN_US   500
+#define DIRTYLIMIT_LOG_HARVEST_MAX_US   2000
+#define DIRTYLIMIT_LOG_US_PER_MB        20
 #define DIRTYLIMIT_TCG_SLICE_US         2000
 /* ... and at most a large dirty ring's worth, however large the quota. */
 #define DIRTYLIMIT_TCG_SLICE_MAX_PAGES  4096
@@ -102,6 +120,15 @@ typedef struct DirtyLimitVcpu {
     uint64_t window_pages[DIRTYLIMIT_RATE_WINDOW];
     unsigned window_next;
     uint64_t current_rate;          /* bytes/s over the window */
+    /*
+     * KVM dirty log: CPU time the vCPU thread spent serving penalties,
+     * its CPU time net of that at the last harvest, its use since then,
+     * and the fraction of a page (of that use) not yet charged.
+     */
+    int64_t penalty_cpu_ns;
+    int64_t thread_ns;
+    int64_t thread_used_ns;
+    int64_t share_remainder;
 } DirtyLimitVcpu;
 
 static struct {
@@ -113,6 +140,7 @@ static struct {
     QemuThread thread;
     bool thread_running;            /* under the BQL */
     bool thread_quit;
+    bool log_harvested;             /* KVM dirty log: past the first */
 } dirtylimit;
 
 bool dirtylimit_in_service(void)
@@ -134,8 +162,7 @@ bool dirtylimit_supported(void)
      * Round-robin TCG runs every vCPU in one thread: one vCPU's penalty
      * would stop them all.
      */
-    return (tcg_enabled() && qemu_tcg_mttcg_enabled()) ||
-           (kvm_enabled() && kvm_dirty_ring_enabled());
+    return (tcg_enabled() && qemu_tcg_mttcg_enabled()) || kvm_enabled();
 }
 
 bool dirtylimit_vcpu_limited(CPUState *cpu)
@@ -162,17 +189,32 @@ static bool dirtylimit_vcpu_wanted(CPUState *cpu)
            !QSIMPLEQ_EMPTY_ATOMIC(&cpu->work_list);
 }
 
+/* CPU time of the calling thread. */
+static int64_t dirtylimit_thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
+}
+
 /*
  * Sleep @ns, in naps, unless the vCPU is wanted or lost its limit.
- * Returns true if the whole penalty was served.
+ * Returns true if the whole penalty was served.  The CPU time the naps
+ * cost is published as it is spent: the dirty log's sharing must not
+ * mistake it for guest execution.
  */
 static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
 {
     int64_t end = get_clock() + ns;
+    int64_t cpu_ns = dirtylimit_thread_cpu_ns();
 
     for (;;) {
         int64_t left = end - get_clock();
+        int64_t now_cpu_ns = dirtylimit_thread_cpu_ns();
 
+        qatomic_add(&v->penalty_cpu_ns, now_cpu_ns - cpu_ns);
+        cpu_ns = now_cpu_ns;
         if (left <= 0) {
             return true;
         }
@@ -248,15 +290,35 @@ bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
     return true;
 }
 
+static int64_t dirtylimit_log_harvest_interval_us(void)
+{
+    uint64_t smallest = DIRTYLIMIT_MAX_RATE_MB;
+    int i;
+
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        if (qatomic_read(&dirtylimit.vcpus[i].limited)) {
+            smallest = MIN(smallest,
+                           qatomic_read(&dirtylimit.vcpus[i].quota_mb));
+        }
+    }
+    return MAX(DIRTYLIMIT_LOG_HARVEST_MIN_US,
+               MIN(DIRTYLIMIT_LOG_HARVEST_MAX_US,
+                   smallest * DIRTYLIMIT_LOG_US_PER_MB));
+}
+
 /*
  * Harvest interval: well before a vCPU at full speed fills half its ring
  * (0.65 M pages/s fill 4096 entries in about 6 ms).  TCG counts as the
- * vCPU writes, and the interval is its counting epoch.
+ * vCPU writes, and the interval is its counting epoch.  The dirty log's
+ * interval depends on the quotas (above).
  */
 static int64_t dirtylimit_harvest_interval_us(void)
 {
     if (!kvm_enabled()) {
         return DIRTYLIMIT_TCG_EPOCH_US;
+    }
+    if (!kvm_dirty_ring_enabled()) {
+        return dirtylimit_log_harvest_interval_us();
     }
     return MAX(500, MIN(5000, kvm_dirty_ring_size() / 2));
 }
@@ -272,8 +334,17 @@ static void dirtylimit_vcpu_signal(CPUState *cpu)
 #endif
 }
 
+/* Charge a running limited vCPU, and signal it if it owes a penalty. */
+static void dirtylimit_charge_running_vcpu(CPUState *cpu, DirtyLimitVcpu *v)
+{
+    if (dirtylimit_vcpu_charge(cpu, v) > 0) {
+        qatomic_set(&v->penalty_signalled, true);
+        dirtylimit_vcpu_signal(cpu);
+    }
+}
+
 /* KVM: harvest every limited vCPU's ring and charge it, from this thread. */
-static void dirtylimit_harvest_vcpus(void)
+static void dirtylimit_harvest_rings(void)
 {
     CPUState *cpu;
 
@@ -288,9 +359,91 @@ static void dirtylimit_harvest_vcpus(void)
 #ifdef CONFIG_KVM
             kvm_dirty_ring_reap_vcpu(cpu);
 #endif
-            if (dirtylimit_vcpu_charge(cpu, v) > 0) {
-                qatomic_set(&v->penalty_signalled, true);
-                dirtylimit_vcpu_signal(cpu);
+            dirtylimit_charge_running_vcpu(cpu, v);
+        }
+    }
+}
+
+/*
+ * CPU time @cpu's thread used other than serving penalties: running the
+ * guest (or, on hosts such as PVM, emulating it) and exits.
+ */
+static int64_t dirtylimit_vcpu_thread_ns(CPUState *cpu, DirtyLimitVcpu *v)
+{
+    struct timespec ts;
+    clockid_t clock;
+
+    if (!cpu->thread || pthread_getcpuclockid(cpu->thread->thread, &clock) ||
+        clock_gettime(clock, &ts)) {
+        return 0;
+    }
+    return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec -
+           qatomic_read(&v->penalty_cpu_ns);
+}
+
+/*
+ * Share @pages among the vCPUs by the CPU time each used since the last
+ * harvest, adding each share to CPUState::dirty_pages; the fraction of a
+ * page left over is kept for the next harvest.
+ */
+static void dirtylimit_share_dirty_log(uint64_t pages)
+{
+    int64_t total_ns = 0;
+    CPUState *cpu;
+
+    CPU_FOREACH(cpu) {
+        DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+        int64_t now_ns;
+
+        if (!v) {
+            continue;
+        }
+        /*
+         * A nap in progress is published only when it ends; until then
+         * keep the old mark, so its cost is not counted as use.
+         */
+        now_ns = dirtylimit_vcpu_thread_ns(cpu, v);
+        v->thread_used_ns = MAX(0, now_ns - v->thread_ns);
+        v->thread_ns = MAX(v->thread_ns, now_ns);
+        total_ns += v->thread_used_ns;
+    }
+    CPU_FOREACH(cpu) {
+        DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+        if (v) {
+            qatomic_add(&cpu->dirty_pages,
+                        dirtylimit_share(pages, v->thread_used_ns, total_ns,
+                                         &v->share_remainder));
+        }
+    }
+}
+
+/*
+ * KVM without a dirty ring: harvest the VM's dirty log, share it among
+ * the vCPUs and charge the limited ones.  The first harvest only starts
+ * the log afresh: it holds whatever was dirty before the limit began
+ * (with KVM_DIRTY_LOG_INITIALLY_SET, all of memory).
+ */
+static void dirtylimit_harvest_dirty_log(void)
+{
+    uint64_t pages = 0;
+    CPUState *cpu;
+
+#ifdef CONFIG_KVM
+    pages = kvm_dirty_log_harvest();
+#endif
+    WITH_RCU_READ_LOCK_GUARD() {
+        if (!dirtylimit.log_harvested) {
+            dirtylimit.log_harvested = true;
+            pages = 0;
+        }
+        dirtylimit_share_dirty_log(pages);
+        CPU_FOREACH(cpu) {
+            DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+            if (v && qatomic_read(&v->limited) &&
+                !qatomic_read(&v->sleeping)) {
+                dirtylimit_charge_running_vcpu(cpu, v);
             }
         }
     }
@@ -378,8 +531,10 @@ static void *dirtylimit_thread(void *opaque)
             dirtylimit_feedback_all(now - period_start);
             period_start = now;
         }
-        if (kvm_enabled()) {
-            dirtylimit_harvest_vcpus();
+        if (kvm_enabled() && kvm_dirty_ring_enabled()) {
+            dirtylimit_harvest_rings();
+        } else if (kvm_enabled()) {
+            dirtylimit_harvest_dirty_log();
         } else {
             dirtylimit_tcg_counting_epoch();
         }
@@ -413,6 +568,7 @@ static void dirtylimit_update_service(void)
     qatomic_set(&dirtylimit.in_service, want);
     if (want && !dirtylimit.thread_running) {
         dirtylimit_count_dirty_pages(true);
+        dirtylimit.log_harvested = false;
         qatomic_set(&dirtylimit.thread_quit, false);
         qemu_thread_create(&dirtylimit.thread, "dirtylimit",
                            dirtylimit_thread, NULL, QEMU_THREAD_JOINABLE);
@@ -448,7 +604,7 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
         v->current_rate = 0;
         dirtylimit.nlimited++;
     }
-    v->quota_mb = quota_mb;
+    qatomic_set(&v->quota_mb, quota_mb);
     qatomic_set(&v->slice_pages,
                 MIN(DIRTYLIMIT_TCG_SLICE_MAX_PAGES,
                     MAX(1, quota / qemu_target_page_size() *
@@ -469,7 +625,7 @@ static void dirtylimit_clear_vcpu(int cpu_index)
     qemu_mutex_lock(&v->lock);
     qatomic_set(&v->limited, false);
     dirtylimit_controller_set_quota(&v->ctl, 0, get_clock());
-    v->quota_mb = 0;
+    qatomic_set(&v->quota_mb, 0);
     v->by_migration = false;
     qemu_mutex_unlock(&v->lock);
     dirtylimit.nlimited--;

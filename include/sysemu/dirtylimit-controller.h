@@ -251,4 +251,15 @@ int64_t dirtylimit_controller_last_sleep_ns(const DirtyLimitController *c);
 int64_t
 dirtylimit_controller_period_throttle_ns(const DirtyLimitController *c);
 
+/**
+ * dirtylimit_share: the part of @pages, dirtied by all vCPUs together
+ * while they used @total_ns of CPU time, that falls to a vCPU that used
+ * @used_ns of it (KVM's dirty log does not say who dirtied a page).
+ * @remainder carries the vCPU's fraction of a page, in page x ns, to its
+ * next share, so that rounding loses no page over time.  Returns 0 if
+ * @total_ns is not positive.
+ */
+uint64_t dirtylimit_share(uint64_t pages, int64_t used_ns, int64_t total_ns,
+                          int64_t *remainder);
+
 #endif /* SYSEMU_DIRTYLIMIT_CONTROLLER_H */

@@ -74,4 +74,16 @@ void kvm_dirty_ring_census(struct kvm_dirty_gfn *gfns, uint32_t size,
  */
 uint64_t kvm_dirty_ring_reap_vcpu(CPUState *cpu);
 
+/**
+ * kvm_dirty_log_harvest: without a dirty ring, fetch the KVM dirty log of
+ * every logging slot into QEMU's dirty bitmaps and start the log afresh
+ * (with manual protection, by clearing what was fetched).  Safe from any
+ * thread; takes the KVM slots lock, not the BQL.  Implemented in
+ * accel/kvm/kvm-all.c.
+ *
+ * Returns the number of pages dirtied since the previous harvest, or 0
+ * when the dirty ring is in use.
+ */
+uint64_t kvm_dirty_log_harvest(void);
+
 #endif

@@ -800,6 +800,43 @@ static void test_early_charge(void)
     g_assert_cmpint(dirtylimit_controller_charge(&c, PAGE, 200 * MS), >, 0);
 }
 
+/*
+ * KVM's dirty log is shared by CPU time: the shares follow the use,
+ * rounding loses no page over many harvests, and a vCPU that used no
+ * CPU (halted, or serving a penalty) is charged nothing.
+ */
+static void test_share_by_cpu_time(void)
+{
+    int64_t rem[3] = { 0 };
+    uint64_t got[3] = { 0 };
+    const int64_t used[3] = { 250000, 750000, 0 };
+    int h, i;
+
+    for (h = 0; h < 1000; h++) {
+        for (i = 0; i < 3; i++) {
+            got[i] += dirtylimit_share(7, used[i], 1000000, &rem[i]);
+        }
+    }
+    g_assert_cmpuint(got[0], ==, 1750);
+    g_assert_cmpuint(got[1], ==, 5250);
+    g_assert_cmpuint(got[2], ==, 0);
+
+    /* One page per harvest, equal use: each gets every other page. */
+    memset(rem, 0, sizeof(rem));
+    memset(got, 0, sizeof(got));
+    for (h = 0; h < 1001; h++) {
+        for (i = 0; i < 2; i++) {
+            got[i] += dirtylimit_share(1, 3, 6, &rem[i]);
+        }
+    }
+    g_assert_cmpuint(got[0], ==, 500);
+    g_assert_cmpuint(got[1], ==, 500);
+    g_assert_cmpuint(got[0] + got[1], >=, 1001 - 2);
+
+    /* Nobody ran: nothing to share. */
+    g_assert_cmpuint(dirtylimit_share(100, 0, 0, &rem[0]), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -829,6 +866,8 @@ int main(int argc, char **argv)
     g_test_add_func("/dirtylimit/controller/sleep-cap", test_sleep_cap);
     g_test_add_func("/dirtylimit/controller/early-charge",
                     test_early_charge);
+    g_test_add_func("/dirtylimit/controller/share-by-cpu-time",
+                    test_share_by_cpu_time);
 
     return g_test_run();
 }
