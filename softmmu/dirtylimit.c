@@ -90,6 +90,9 @@
  * once, as the ring would record it.
  */
 #define DIRTYLIMIT_TCG_EPOCH_US         5000
+#define DIRTYLIMIT_TCG_SLICE_US         2000
+/* ... and at most a large dirty ring's worth, however large the quota. */
+#define DIRTYLIMIT_TCG_SLICE_MAX_PAGES  4096
 /*
  * KVM dirty log: a vCPU runs unchecked from one harvest to the next, and
  * each penalty it is signalled to serve costs an exit that the sharing
@@ -100,9 +103,6 @@
 #define DIRTYLIMIT_LOG_HARVEST_MIN_US   500
 #define DIRTYLIMIT_LOG_HARVEST_MAX_US   2000
 #define DIRTYLIMIT_LOG_US_PER_MB        20
-#define DIRTYLIMIT_TCG_SLICE_US         2000
-/* ... and at most a large dirty ring's worth, however large the quota. */
-#define DIRTYLIMIT_TCG_SLICE_MAX_PAGES  4096
 
 typedef struct DirtyLimitVcpu {
     QemuMutex lock;                 /* guards ctl and the page counts */
