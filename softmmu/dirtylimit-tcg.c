@@ -9,7 +9,8 @@
  * dirtylimit_tcg_write_trapped()), so its first write to the page takes
  * the slow path, where dirtylimit_tcg_note_write() disarms the page,
  * counts it in CPUState::dirty_pages, and whenever the vCPU has dirtied
- * a slice of its quota makes it leave the TB loop to pay its penalty.
+ * a slice of its quota charges it and, if it owes a penalty, makes it
+ * leave the TB loop to pay it.
  * Once per epoch the controller thread re-arms every page and resets the
  * limited vCPUs' TLBs, the way a migration bitmap sync does, so the
  * count is "pages newly dirtied per epoch": the semantics of a dirty
@@ -93,8 +94,8 @@ void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
     }
     /* Only this vCPU's thread writes its count. */
     qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
-    if (dirtylimit_vcpu_charge_due(cpu)) {
-        /* Leave the TB loop at the next TB; tcg_cpus_exec() charges. */
+    if (dirtylimit_vcpu_charge_slice(cpu)) {
+        /* Leave the TB loop at the next TB; tcg_cpus_exec() serves. */
         cpu_exit(cpu);
     }
 }

@@ -17,8 +17,7 @@ bool dirtylimit_in_service(void);
 
 /**
  * dirtylimit_supported: true when vCPU dirty rates can be limited: under
- * TCG, or under KVM with a dirty ring (accelerator property
- * dirty-ring-size).
+ * multi-threaded TCG, or under KVM (dirty ring or dirty bitmap).
  */
 bool dirtylimit_supported(void);
 
@@ -45,11 +44,12 @@ bool dirtylimit_vcpu_limited(CPUState *cpu);
 bool dirtylimit_vcpu_serve_signal(CPUState *cpu);
 
 /**
- * dirtylimit_vcpu_charge_due: true when @cpu, a TCG vCPU, has dirtied a
- * slice of its quota since it was last charged and should leave the
- * guest to pay for it.
+ * dirtylimit_vcpu_charge_slice: called by a TCG vCPU thread as it dirties
+ * a page.  Once @cpu has dirtied a slice of its quota since its last
+ * charge, charge it; return true if it then owes a penalty and should
+ * leave the guest to pay it.  A vCPU below its quota never leaves.
  */
-bool dirtylimit_vcpu_charge_due(CPUState *cpu);
+bool dirtylimit_vcpu_charge_slice(CPUState *cpu);
 
 /**
  * dirtylimit_migration_engage: limit every vCPU to @quota_mb MB/s for the
