@@ -103,7 +103,6 @@ void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
 void dirtylimit_tcg_rearm(void)
 {
     ArmedPages *armed;
-    RAMBlock *block;
     CPUState *cpu;
 
     if (!qatomic_read(&dirtylimit_tcg.counting)) {
@@ -114,11 +113,13 @@ void dirtylimit_tcg_rearm(void)
     /* Arm first: a TLB entry filled after its reset below then traps. */
     bitmap_set_atomic(armed->bits, 0, armed->npages);
     CPU_FOREACH(cpu) {
-        if (!dirtylimit_vcpu_limited(cpu)) {
-            continue;
-        }
-        RAMBLOCK_FOREACH(block) {
-            tlb_reset_dirty(cpu, (uintptr_t)block->host, block->used_length);
+        if (dirtylimit_vcpu_limited(cpu)) {
+            /*
+             * One walk of the whole TLB, not one per RAMBlock: every
+             * writable RAM entry is flagged, whichever block it maps
+             * (the per-block walks took most of a core every epoch).
+             */
+            tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
         }
     }
 }
