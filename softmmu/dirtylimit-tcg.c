@@ -33,6 +33,7 @@
 #include "exec/ramlist.h"
 #include "exec/ramblock.h"
 #include "exec/target_page.h"
+#include "hw/boards.h"
 #include "hw/core/cpu.h"
 #include "sysemu/dirtylimit.h"
 #include "sysemu/dirtylimit-tcg.h"
@@ -47,6 +48,9 @@ typedef struct ArmedPages {
 static struct {
     ArmedPages *armed;              /* RCU; grows with the RAM, never shrinks */
     bool counting;                  /* read locklessly by vCPUs */
+    unsigned epoch;                 /* bumped by every re-arm */
+    unsigned *tlb_epoch;            /* per cpu_index: epoch it re-armed */
+    int max_cpus;
 } dirtylimit_tcg;
 
 static uint64_t dirtylimit_tcg_page(ram_addr_t addr)
@@ -80,6 +84,23 @@ bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr)
     return page < armed->npages && test_bit(page, armed->bits);
 }
 
+/*
+ * Flag @cpu's writable TLB entries TLB_NOTDIRTY (one walk of the whole
+ * TLB, whichever RAMBlock an entry maps), once per @epoch.  A vCPU that
+ * takes trapped writes re-arms its own TLB at the first one of an epoch:
+ * from another thread the walk would spin on the TLB lock, which a vCPU
+ * busy filling its TLB holds nearly all the time (that spinning took half
+ * a core).  The controller thread re-arms only the quiet ones.
+ */
+static void dirtylimit_tcg_arm_tlb(CPUState *cpu, unsigned epoch)
+{
+    unsigned *seen = &dirtylimit_tcg.tlb_epoch[cpu->cpu_index];
+
+    if (qatomic_xchg(seen, epoch) != epoch) {
+        tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
+    }
+}
+
 void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
 {
     ArmedPages *armed;
@@ -88,6 +109,7 @@ void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
     if (!dirtylimit_tcg_write_trapped(cpu, addr)) {
         return;
     }
+    dirtylimit_tcg_arm_tlb(cpu, qatomic_read(&dirtylimit_tcg.epoch));
     armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
     if (!bitmap_test_and_clear_atomic(armed->bits, page, 1)) {
         return;                     /* another vCPU counted it first */
@@ -104,6 +126,7 @@ void dirtylimit_tcg_rearm(void)
 {
     ArmedPages *armed;
     CPUState *cpu;
+    unsigned epoch;
 
     if (!qatomic_read(&dirtylimit_tcg.counting)) {
         return;
@@ -112,13 +135,17 @@ void dirtylimit_tcg_rearm(void)
     armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
     /* Arm first: a TLB entry filled after its reset below then traps. */
     bitmap_set_atomic(armed->bits, 0, armed->npages);
+    epoch = qatomic_fetch_inc(&dirtylimit_tcg.epoch);
     CPU_FOREACH(cpu) {
-        if (dirtylimit_vcpu_limited(cpu)) {
-            /*
-             * One walk of the whole TLB, not one per RAMBlock: every
-             * writable RAM entry is flagged, whichever block it maps
-             * (the per-block walks took most of a core every epoch).
-             */
+        /*
+         * A vCPU that took no trapped write in the epoch that just ended
+         * will not re-arm itself: its TLB is quiet and the walk cheap.
+         * Its mark is left alone, so that if it starts trapping it still
+         * re-arms itself (once more) at its first trapped write.
+         */
+        if (dirtylimit_vcpu_limited(cpu) &&
+            cpu->cpu_index < dirtylimit_tcg.max_cpus &&
+            qatomic_read(&dirtylimit_tcg.tlb_epoch[cpu->cpu_index]) != epoch) {
             tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
         }
     }
@@ -139,6 +166,14 @@ void dirtylimit_tcg_start(void)
             g_free_rcu(old, rcu);
         }
     }
+    if (!dirtylimit_tcg.tlb_epoch) {
+        MachineState *ms = MACHINE(qdev_get_machine());
+
+        dirtylimit_tcg.max_cpus = ms->smp.max_cpus;
+        dirtylimit_tcg.tlb_epoch = g_new0(unsigned, dirtylimit_tcg.max_cpus);
+    }
+    /* No vCPU's mark matches: the re-arm below arms every limited TLB. */
+    qatomic_set(&dirtylimit_tcg.epoch, dirtylimit_tcg.epoch + 2);
     trace_dirtylimit_tcg_start(npages);
     qatomic_set(&dirtylimit_tcg.counting, true);
     dirtylimit_tcg_rearm();
