@@ -11,10 +11,10 @@
  * counts it in CPUState::dirty_pages, and whenever the vCPU has dirtied
  * a slice of its quota charges it and, if it owes a penalty, makes it
  * leave the TB loop to pay it.
- * Once per epoch the controller thread re-arms every page and resets the
- * limited vCPUs' TLBs, the way a migration bitmap sync does, so the
- * count is "pages newly dirtied per epoch": the semantics of a dirty
- * ring harvested every epoch.
+ * Once per epoch the controller thread re-arms every page and the limited
+ * vCPUs' TLBs are flagged again (dirtylimit_tcg_arm_tlb()), the way a
+ * migration bitmap sync does, so the count is "pages newly dirtied per
+ * epoch": the semantics of a dirty ring harvested every epoch.
  *
  * Only limited vCPUs ever trap, and the bitmap is separate from the
  * DIRTY_MEMORY_* bitmaps, so counting never clears a dirty bit that
@@ -50,7 +50,6 @@ static struct {
     bool counting;                  /* read locklessly by vCPUs */
     unsigned epoch;                 /* bumped by every re-arm */
     unsigned *tlb_epoch;            /* per cpu_index: epoch it re-armed */
-    int max_cpus;
 } dirtylimit_tcg;
 
 static uint64_t dirtylimit_tcg_page(ram_addr_t addr)
@@ -144,7 +143,6 @@ void dirtylimit_tcg_rearm(void)
          * re-arms itself (once more) at its first trapped write.
          */
         if (dirtylimit_vcpu_limited(cpu) &&
-            cpu->cpu_index < dirtylimit_tcg.max_cpus &&
             qatomic_read(&dirtylimit_tcg.tlb_epoch[cpu->cpu_index]) != epoch) {
             tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
         }
@@ -169,8 +167,7 @@ void dirtylimit_tcg_start(void)
     if (!dirtylimit_tcg.tlb_epoch) {
         MachineState *ms = MACHINE(qdev_get_machine());
 
-        dirtylimit_tcg.max_cpus = ms->smp.max_cpus;
-        dirtylimit_tcg.tlb_epoch = g_new0(unsigned, dirtylimit_tcg.max_cpus);
+        dirtylimit_tcg.tlb_epoch = g_new0(unsigned, ms->smp.max_cpus);
     }
     /* No vCPU's mark matches: the re-arm below arms every limited TLB. */
     qatomic_set(&dirtylimit_tcg.epoch, dirtylimit_tcg.epoch + 2);

@@ -32,12 +32,12 @@
  * vCPUs that dirty alike are each charged what they dirtied.  Penalties
  * are signalled and served as with the ring.
  *
- * Under TCG, softmmu/dirtylimit-tcg.c counts each
- * limited vCPU's first write to a page per epoch in TCG's write path, and
- * the vCPU leaves the TB loop to be charged whenever it has dirtied a
- * slice of its quota: the same leaky bucket, paid in time slices rather
- * than at ring-full exits.  The controller thread starts a new epoch where it
- * would harvest.
+ * Under TCG, softmmu/dirtylimit-tcg.c counts each limited vCPU's first
+ * write to a page per epoch in TCG's write path; whenever the vCPU has
+ * dirtied a slice of its quota it is charged there, and leaves the TB
+ * loop only to pay a penalty it owes: the same leaky bucket, paid in time
+ * slices rather than at ring-full exits.  The controller thread starts a
+ * new epoch where it would harvest.
  *
  * Locking: the QMP/HMP commands and the migration hooks run under the
  * BQL; a vCPU's controller is guarded by its own mutex, so vCPU threads
@@ -186,12 +186,14 @@ static bool dirtylimit_vcpu_wanted(CPUState *cpu)
            !QSIMPLEQ_EMPTY_ATOMIC(&cpu->work_list);
 }
 
-/* CPU time of the calling thread. */
-static int64_t dirtylimit_thread_cpu_ns(void)
+/* @clock's time in nanoseconds, 0 if it cannot be read. */
+static int64_t dirtylimit_clock_ns(clockid_t clock)
 {
     struct timespec ts;
 
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    if (clock_gettime(clock, &ts)) {
+        return 0;
+    }
     return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
 }
 
@@ -204,11 +206,11 @@ static int64_t dirtylimit_thread_cpu_ns(void)
 static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
 {
     int64_t end = get_clock() + ns;
-    int64_t cpu_ns = dirtylimit_thread_cpu_ns();
+    int64_t cpu_ns = dirtylimit_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 
     for (;;) {
         int64_t left = end - get_clock();
-        int64_t now_cpu_ns = dirtylimit_thread_cpu_ns();
+        int64_t now_cpu_ns = dirtylimit_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 
         qatomic_add(&v->penalty_cpu_ns, now_cpu_ns - cpu_ns);
         cpu_ns = now_cpu_ns;
@@ -382,15 +384,12 @@ static void dirtylimit_harvest_rings(void)
  */
 static int64_t dirtylimit_vcpu_thread_ns(CPUState *cpu, DirtyLimitVcpu *v)
 {
-    struct timespec ts;
     clockid_t clock;
 
-    if (!cpu->thread || pthread_getcpuclockid(cpu->thread->thread, &clock) ||
-        clock_gettime(clock, &ts)) {
+    if (!cpu->thread || pthread_getcpuclockid(cpu->thread->thread, &clock)) {
         return 0;
     }
-    return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec -
-           qatomic_read(&v->penalty_cpu_ns);
+    return dirtylimit_clock_ns(clock) - qatomic_read(&v->penalty_cpu_ns);
 }
 
 /*

@@ -20,8 +20,9 @@ bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr);
 
 /**
  * dirtylimit_tcg_note_write: count @cpu's write to the page at @addr if
- * it is the vCPU's first to it this epoch, and make the vCPU leave the
- * TB loop when it has dirtied a slice of its quota.  Called by
+ * it is the vCPU's first to it this epoch, charge the vCPU whenever it
+ * has dirtied a slice of its quota, and make it leave the TB loop when it
+ * then owes a penalty.  Called by
  * accel/tcg/cputlb.c's slow path for writes to TLB_NOTDIRTY pages, in
  * the vCPU thread, within cpu_exec().
  */
