@@ -13,22 +13,13 @@ free again when a throttled migration is cancelled.
 import time
 import unittest
 
-from ferry.linux import linux_guest, ticks
+from ferry.linux import data_check_script, linux_guest, ticks
 from ferry.machine import incoming, wait_migration
 from ferry.migrate import set_caps, set_params
 
-SCRIPT = r'''
-dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null
-dd if=/dev/urandom of=/tmp/src bs=1M count=16 2>/dev/null
-want=$(md5sum < /tmp/data)
-echo READY
-i=0
-while true; do
-    i=$((i + 1))
-    dd if=/tmp/src of=/tmp/copy bs=1M 2>/dev/null
-    if [ "$(md5sum < /tmp/data)" = "$want" ]; then echo "TICK $i ok"; else echo "TICK $i BAD"; fi
-done
-'''
+SCRIPT = data_check_script(
+    setup='dd if=/dev/urandom of=/tmp/src bs=1M count=16 2>/dev/null\n',
+    per_tick='    dd if=/tmp/src of=/tmp/copy bs=1M 2>/dev/null\n')
 LINK = 8 << 20          # bytes/s: slower than the guest dirties memory
 THROTTLED_MB = 48       # MB/s: slows the guest, as each tick dirties >16 MiB
 

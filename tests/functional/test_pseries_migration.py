@@ -9,25 +9,12 @@ the spapr/htab section (a radix guest sends the -1 "no HPT" header).
 import time
 import unittest
 
-# The loop has no sleep: with 7.2 (stock and Ferry alike) a pseries TCG
-# guest sleeping in the kernel across a migration does not wake up on the
-# destination; noted on issue 5 (HTAB migration) for the pseries work.
-
 from ferry import env
-from ferry.linux import linux_guest, ticks
+from ferry.linux import data_check_script, linux_guest, ticks
 from ferry.machine import incoming, wait_migration
 from ferry.migrate import FAST_LINK, set_params
 
-SCRIPT = r'''
-dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null
-want=$(md5sum < /tmp/data)
-echo READY
-i=0
-while true; do
-    i=$((i + 1))
-    if [ "$(md5sum < /tmp/data)" = "$want" ]; then echo "TICK $i ok"; else echo "TICK $i BAD"; fi
-done
-'''
+SCRIPT = data_check_script()
 
 
 @unittest.skipUnless(env.stock_binary('ppc64'),

@@ -49,7 +49,27 @@ def script_output(guest):
     return text.split('FERRY-TEST-BEGIN\n', 1)[1].split('FERRY-TEST-END', 1)[0]
 
 
-# The "TICK <n> ok|BAD" lines the pseries data-check scripts print.
+def data_check_script(setup='', per_tick=''):
+    """A /test.sh that keeps 16 MiB of random data in RAM and checks its
+    digest in an endless loop, printing READY and then "TICK <n> ok|BAD"
+    after each check (see ticks()).  SETUP runs once before READY,
+    PER_TICK before every check.  The loop has no sleep: with 7.2 a
+    pseries TCG guest sleeping in the kernel across a migration does not
+    wake up on the destination (noted on issue 5)."""
+    return ('dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null\n'
+            + setup +
+            'want=$(md5sum < /tmp/data)\n'
+            'echo READY\n'
+            'i=0\n'
+            'while true; do\n'
+            '    i=$((i + 1))\n'
+            + per_tick +
+            '    if [ "$(md5sum < /tmp/data)" = "$want" ]; '
+            'then echo "TICK $i ok"; else echo "TICK $i BAD"; fi\n'
+            'done\n')
+
+
+# The lines data_check_script() prints.
 TICK = re.compile(r'TICK (\d+) (ok|BAD)')
 
 
