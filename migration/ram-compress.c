@@ -1,0 +1,572 @@
+/*
+ * Migration compression threads.
+ *
+ * Copyright (c) 2026 Ferry developers
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Save side: the migration thread queues pages in batches, one batch per
+ * worker in turn.  A worker copies each page of its batch to a private
+ * buffer (a vCPU may write the page meanwhile), sends it as a zero page if
+ * it is one, else deflates it with the zlib stream it keeps for the whole
+ * migration, and leaves the finished records in its output buffer.  The
+ * migration thread copies that buffer to the stream when it next hands the
+ * worker a batch, or on a flush.
+ *
+ * Load side: the incoming side reads each record into the batch of the
+ * worker that owns its page (pages are spread over the workers by
+ * address), and the worker applies the batch.  So every record for one
+ * page is applied by one worker in stream order, and compressed, zero and
+ * plain records for the same page cannot overtake each other.
+ *
+ * Batches are what make this faster than one hand-over per page: a
+ * hand-over costs a wake-up each way, which on a busy host is as much as
+ * deflating a page.  Every buffer is allocated at setup.
+ */
+
+#include "qemu/osdep.h"
+#include <zlib.h>
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qemu/thread.h"
+#include "ram-compress.h"
+#include "trace.h"
+
+/* Pages a save worker takes at a time. */
+#define SAVE_BATCH_PAGES        32
+/* Compressed pages a load batch can hold. */
+#define LOAD_BATCH_PAGES        32
+
+/*
+ * A worker thread and the hand-over of one batch at a time: the producer
+ * fills the next batch while the worker processes the one it was handed.
+ */
+typedef struct Worker {
+    QemuThread thread;
+    QemuMutex lock;
+    QemuCond cond;
+    bool busy;              /* the worker owns its batch; under lock */
+    bool quit;              /* under lock */
+    void (*run_batch)(struct Worker *w);
+} Worker;
+
+static void *worker_thread(void *opaque)
+{
+    Worker *w = opaque;
+
+    qemu_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->busy && !w->quit) {
+            qemu_cond_wait(&w->cond, &w->lock);
+        }
+        if (!w->busy) {
+            break;
+        }
+        qemu_mutex_unlock(&w->lock);
+        w->run_batch(w);
+        qemu_mutex_lock(&w->lock);
+        w->busy = false;
+        qemu_cond_broadcast(&w->cond);
+    }
+    qemu_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static void worker_start(Worker *w, const char *name,
+                         void (*run_batch)(Worker *w))
+{
+    qemu_mutex_init(&w->lock);
+    qemu_cond_init(&w->cond);
+    w->run_batch = run_batch;
+    qemu_thread_create(&w->thread, name, worker_thread, w,
+                       QEMU_THREAD_JOINABLE);
+}
+
+/* Wait for the worker to finish its batch, or with !@wait only look. */
+static bool worker_idle(Worker *w, bool wait)
+{
+    bool idle;
+
+    qemu_mutex_lock(&w->lock);
+    while (wait && w->busy) {
+        qemu_cond_wait(&w->cond, &w->lock);
+    }
+    idle = !w->busy;
+    qemu_mutex_unlock(&w->lock);
+    return idle;
+}
+
+/* Hand the worker its batch; it must be idle. */
+static void worker_kick(Worker *w)
+{
+    qemu_mutex_lock(&w->lock);
+    w->busy = true;
+    qemu_cond_broadcast(&w->cond);
+    qemu_mutex_unlock(&w->lock);
+}
+
+/* Let the worker finish its batch, then join it. */
+static void worker_stop(Worker *w)
+{
+    qemu_mutex_lock(&w->lock);
+    w->quit = true;
+    qemu_cond_broadcast(&w->cond);
+    qemu_mutex_unlock(&w->lock);
+    qemu_thread_join(&w->thread);
+    qemu_cond_destroy(&w->cond);
+    qemu_mutex_destroy(&w->lock);
+}
+
+/* Save side */
+
+/* Pages to compress, then the records the worker made of them. */
+typedef struct PageBatch {
+    const uint8_t *host[SAVE_BATCH_PAGES];
+    ram_addr_t offset[SAVE_BATCH_PAGES];
+    unsigned count;
+    uint8_t *out;
+    size_t out_len;
+    RamCompressSent sent;
+    int deflate_error;
+} PageBatch;
+
+typedef struct SaveWorker {
+    Worker w;
+    PageBatch batches[2];
+    PageBatch *fill;        /* the migration thread's */
+    PageBatch *work;        /* the worker's while busy */
+    /* The worker's own. */
+    z_stream stream;
+    uint8_t *page;
+} SaveWorker;
+
+static struct {
+    SaveWorker *workers;
+    int count;
+    int next;               /* the worker whose batch is being filled */
+    size_t page_size;
+} save;
+
+static void save_run_batch(Worker *w)
+{
+    SaveWorker *sw = container_of(w, SaveWorker, w);
+    PageBatch *batch = sw->work;
+    RamCompressSent sent = {};
+    uint8_t *out = batch->out;
+    unsigned i;
+    int len;
+
+    for (i = 0; i < batch->count; i++) {
+        memcpy(sw->page, batch->host[i], save.page_size);
+        if (buffer_is_zero(sw->page, save.page_size)) {
+            out += ram_compress_zero_record(out, batch->offset[i]);
+            sent.zero_pages++;
+            continue;
+        }
+        len = ram_compress_page_record(&sw->stream, out, batch->offset[i],
+                                       sw->page, save.page_size);
+        if (len < 0) {
+            batch->deflate_error = len;
+            break;
+        }
+        out += len;
+        sent.pages++;
+        /* as the base counts it: the record without its page header */
+        sent.compressed_bytes += len - RAM_COMPRESS_HEADER_BYTES;
+    }
+    sent.bytes = out - batch->out;
+    batch->out_len = sent.bytes;
+    batch->sent = sent;
+}
+
+/* Copy the records of a batch the worker finished to @f; empty it. */
+static void save_collect(QEMUFile *f, PageBatch *batch, RamCompressSent *sent)
+{
+    if (batch->deflate_error) {
+        error_report("Compression of a page failed: zlib error %d",
+                     batch->deflate_error);
+        qemu_file_set_error(f, -EIO);
+        batch->deflate_error = 0;
+    }
+    qemu_put_buffer(f, batch->out, batch->out_len);
+    sent->bytes += batch->sent.bytes;
+    sent->pages += batch->sent.pages;
+    sent->compressed_bytes += batch->sent.compressed_bytes;
+    sent->zero_pages += batch->sent.zero_pages;
+    memset(&batch->sent, 0, sizeof(batch->sent));
+    batch->out_len = 0;
+    batch->count = 0;
+}
+
+/*
+ * Hand @sw its filled batch once it is idle (false if it is busy and
+ * !@wait), then write the batch it finished: the worker starts on the
+ * next batch before the stream may block us.
+ */
+static bool save_submit(QEMUFile *f, SaveWorker *sw, bool wait,
+                        RamCompressSent *sent)
+{
+    PageBatch *done = sw->work;
+
+    if (!worker_idle(&sw->w, wait)) {
+        return false;
+    }
+    sw->work = sw->fill;
+    sw->fill = done;
+    worker_kick(&sw->w);
+    save_collect(f, done, sent);
+    return true;
+}
+
+bool ram_compress_save_page(QEMUFile *f, const uint8_t *host,
+                            ram_addr_t offset, bool wait,
+                            RamCompressSent *sent)
+{
+    SaveWorker *sw = NULL;
+    int tries;
+
+    /* Without wait a full batch stays queued until its worker is free. */
+    for (tries = 0; tries < save.count && !sw; tries++) {
+        SaveWorker *candidate = &save.workers[save.next];
+
+        if (candidate->fill->count < SAVE_BATCH_PAGES ||
+            save_submit(f, candidate, false, sent)) {
+            sw = candidate;
+        } else {
+            save.next = (save.next + 1) % save.count;
+        }
+    }
+    if (!sw) {
+        if (!wait) {
+            return false;
+        }
+        sw = &save.workers[save.next];
+        save_submit(f, sw, true, sent);
+    }
+    sw->fill->host[sw->fill->count] = host;
+    sw->fill->offset[sw->fill->count] = offset;
+    if (++sw->fill->count == SAVE_BATCH_PAGES) {
+        save_submit(f, sw, wait, sent);
+        save.next = (save.next + 1) % save.count;
+    }
+    return true;
+}
+
+void ram_compress_save_flush(QEMUFile *f, RamCompressSent *sent)
+{
+    int i;
+
+    for (i = 0; i < save.count; i++) {
+        if (save.workers[i].fill->count) {
+            save_submit(f, &save.workers[i], true, sent);
+        }
+    }
+    for (i = 0; i < save.count; i++) {
+        worker_idle(&save.workers[i].w, true);
+        save_collect(f, save.workers[i].work, sent);
+    }
+    trace_ram_compress_save_flush(sent->pages, sent->zero_pages, sent->bytes);
+}
+
+void ram_compress_save_cleanup(void)
+{
+    int i;
+
+    for (i = 0; i < save.count; i++) {
+        SaveWorker *sw = &save.workers[i];
+
+        worker_stop(&sw->w);
+        deflateEnd(&sw->stream);
+        g_free(sw->batches[0].out);
+        g_free(sw->batches[1].out);
+        g_free(sw->page);
+    }
+    g_free(save.workers);
+    memset(&save, 0, sizeof(save));
+}
+
+int ram_compress_save_setup(int threads, int level, size_t page_size)
+{
+    size_t record = ram_compress_record_max(page_size);
+    int i;
+
+    assert(!save.workers && threads > 0);
+    save.workers = g_new0(SaveWorker, threads);
+    save.page_size = page_size;
+    for (i = 0; i < threads; i++) {
+        SaveWorker *sw = &save.workers[i];
+
+        if (deflateInit(&sw->stream, level) != Z_OK) {
+            error_report("Compression setup failed: deflateInit at level %d",
+                         level);
+            ram_compress_save_cleanup();
+            return -1;
+        }
+        sw->batches[0].out = g_malloc(SAVE_BATCH_PAGES * record);
+        sw->batches[1].out = g_malloc(SAVE_BATCH_PAGES * record);
+        sw->page = g_malloc(page_size);
+        sw->fill = &sw->batches[0];
+        sw->work = &sw->batches[1];
+        worker_start(&sw->w, "compress", save_run_batch);
+        save.count = i + 1;
+    }
+    trace_ram_compress_save_setup(threads, level);
+    return 0;
+}
+
+/* Load side */
+
+enum { LOAD_INFLATE, LOAD_ZERO, LOAD_COPY };
+
+/* A record in a load batch; its data follows, padded to 8 bytes. */
+typedef struct LoadRecord {
+    void *host;
+    uint32_t kind;
+    uint32_t len;           /* bytes of data; the fill byte for LOAD_ZERO */
+} LoadRecord;
+
+typedef struct LoadBatch {
+    uint8_t *buf;
+    size_t len;
+} LoadBatch;
+
+typedef struct LoadWorker {
+    Worker w;
+    LoadBatch batches[2];
+    LoadBatch *fill;        /* the incoming side's */
+    LoadBatch *work;        /* the worker's while busy */
+    z_stream stream;        /* the worker's own */
+} LoadWorker;
+
+static struct {
+    LoadWorker *workers;
+    int count;
+    size_t page_size;
+    size_t batch_bytes;
+    bool check_errors;
+    bool failed;            /* set once, by the first worker that fails */
+    bool failure_reported;
+    char failure[160];      /* why, written before failed is set */
+} load;
+
+static size_t load_record_bytes(size_t data_len)
+{
+    return ROUND_UP(sizeof(LoadRecord) + data_len, 8);
+}
+
+static void load_fail(LoadWorker *lw, const char *why)
+{
+    if (qatomic_read(&load.failed)) {
+        return;
+    }
+    snprintf(load.failure, sizeof(load.failure), "%s%s%s", why,
+             lw->stream.msg ? ": " : "", lw->stream.msg ?: "");
+    qatomic_store_release(&load.failed, true);
+}
+
+static void load_apply(LoadWorker *lw, LoadRecord *rec)
+{
+    const uint8_t *data = (const uint8_t *)(rec + 1);
+    const char *why;
+
+    switch (rec->kind) {
+    case LOAD_INFLATE:
+        why = ram_decompress_one(&lw->stream, rec->host, load.page_size,
+                                 data, rec->len);
+        if (why && load.check_errors) {
+            trace_ram_decompress_failed(rec->host, why);
+            load_fail(lw, why);
+        }
+        break;
+    case LOAD_ZERO:
+        if (rec->len || !buffer_is_zero(rec->host, load.page_size)) {
+            memset(rec->host, rec->len, load.page_size);
+        }
+        break;
+    case LOAD_COPY:
+        memcpy(rec->host, data, load.page_size);
+        break;
+    }
+}
+
+static void load_run_batch(Worker *w)
+{
+    LoadWorker *lw = container_of(w, LoadWorker, w);
+    size_t pos = 0;
+
+    while (pos < lw->work->len) {
+        LoadRecord *rec = (LoadRecord *)(lw->work->buf + pos);
+
+        pos += load_record_bytes(rec->kind == LOAD_ZERO ? 0 : rec->len);
+        if (!qatomic_read(&load.failed)) {
+            load_apply(lw, rec);
+        }
+    }
+    lw->work->len = 0;
+}
+
+/* 0, or -EINVAL once a worker failed (reported once). */
+static int load_status(void)
+{
+    if (!qatomic_load_acquire(&load.failed)) {
+        return 0;
+    }
+    if (!load.failure_reported) {
+        error_report("Compressed page cannot be loaded: %s", load.failure);
+        load.failure_reported = true;
+    }
+    return -EINVAL;
+}
+
+static LoadWorker *load_owner(void *host)
+{
+    return &load.workers[((uintptr_t)host / load.page_size) % load.count];
+}
+
+static void load_submit(LoadWorker *lw)
+{
+    LoadBatch *done = lw->work;
+
+    worker_idle(&lw->w, true);
+    lw->work = lw->fill;
+    lw->fill = done;
+    worker_kick(&lw->w);
+}
+
+/* Room for a record with @data_len bytes of data in @host's batch. */
+static LoadRecord *load_reserve(void *host, uint32_t kind, size_t data_len)
+{
+    LoadWorker *lw = load_owner(host);
+    LoadRecord *rec;
+
+    if (lw->fill->len + load_record_bytes(data_len) > load.batch_bytes) {
+        load_submit(lw);
+    }
+    rec = (LoadRecord *)(lw->fill->buf + lw->fill->len);
+    rec->host = host;
+    rec->kind = kind;
+    rec->len = data_len;
+    return rec;
+}
+
+static void load_commit(LoadRecord *rec)
+{
+    LoadWorker *lw = load_owner(rec->host);
+
+    lw->fill->len += load_record_bytes(rec->kind == LOAD_ZERO ? 0 : rec->len);
+}
+
+int ram_decompress_page(QEMUFile *f, void *host, int len)
+{
+    LoadRecord *rec;
+
+    if (len < 0 || len > compressBound(load.page_size)) {
+        error_report("Invalid compressed data length: %d", len);
+        return -EINVAL;
+    }
+    rec = load_reserve(host, LOAD_INFLATE, len);
+    if (qemu_get_buffer(f, (uint8_t *)(rec + 1), len) != len) {
+        return qemu_file_get_error(f) ?: -EIO;
+    }
+    load_commit(rec);
+    return load_status();
+}
+
+int ram_decompress_zero(void *host, uint8_t ch)
+{
+    LoadRecord *rec = load_reserve(host, LOAD_ZERO, 0);
+
+    rec->len = ch;
+    load_commit(rec);
+    return load_status();
+}
+
+int ram_decompress_copy(QEMUFile *f, void *host)
+{
+    LoadRecord *rec = load_reserve(host, LOAD_COPY, load.page_size);
+
+    if (qemu_get_buffer(f, (uint8_t *)(rec + 1), load.page_size) !=
+        load.page_size) {
+        return qemu_file_get_error(f) ?: -EIO;
+    }
+    load_commit(rec);
+    return load_status();
+}
+
+int ram_decompress_barrier(void *host)
+{
+    LoadWorker *lw;
+
+    if (!load.workers) {
+        return 0;
+    }
+    lw = load_owner(host);
+    if (lw->fill->len) {
+        load_submit(lw);
+    }
+    worker_idle(&lw->w, true);
+    return load_status();
+}
+
+int ram_decompress_wait(void)
+{
+    int i;
+
+    for (i = 0; i < load.count; i++) {
+        if (load.workers[i].fill->len) {
+            load_submit(&load.workers[i]);
+        }
+    }
+    for (i = 0; i < load.count; i++) {
+        worker_idle(&load.workers[i].w, true);
+    }
+    return load_status();
+}
+
+void ram_decompress_load_cleanup(void)
+{
+    int i, j;
+
+    for (i = 0; i < load.count; i++) {
+        LoadWorker *lw = &load.workers[i];
+
+        worker_stop(&lw->w);
+        inflateEnd(&lw->stream);
+        for (j = 0; j < 2; j++) {
+            g_free(lw->batches[j].buf);
+        }
+    }
+    g_free(load.workers);
+    memset(&load, 0, sizeof(load));
+}
+
+int ram_decompress_load_setup(int threads, size_t page_size,
+                              bool check_errors)
+{
+    int i, j;
+
+    assert(!load.workers && threads > 0);
+    load.workers = g_new0(LoadWorker, threads);
+    load.page_size = page_size;
+    load.batch_bytes = LOAD_BATCH_PAGES *
+                       load_record_bytes(compressBound(page_size));
+    load.check_errors = check_errors;
+    for (i = 0; i < threads; i++) {
+        LoadWorker *lw = &load.workers[i];
+
+        if (inflateInit(&lw->stream) != Z_OK) {
+            error_report("Decompression setup failed: inflateInit");
+            ram_decompress_load_cleanup();
+            return -1;
+        }
+        for (j = 0; j < 2; j++) {
+            lw->batches[j].buf = g_malloc(load.batch_bytes);
+        }
+        lw->fill = &lw->batches[0];
+        lw->work = &lw->batches[1];
+        worker_start(&lw->w, "decompress", load_run_batch);
+        load.count = i + 1;
+    }
+    trace_ram_decompress_load_setup(threads, check_errors);
+    return 0;
+}

@@ -1,0 +1,459 @@
+"""Migration compression threads (SPEC 2): correctness, stats, faults,
+hostile streams, and interoperation with Debian's stock QEMU 7.2.
+
+Every migration checks data: the destination's RAM must equal the
+source's final RAM and the busy guest must run on.  Streams saved with
+"exec:cat > FILE" are parsed (ferry.stream) to count what was really
+sent and to build corrupt streams record by record.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+import zlib
+
+from ferry import env
+from ferry.machine import Guest, dirty_guest, incoming, wait_migration
+from ferry.migrate import (FAST_LINK, check_destination, check_source_alive,
+                           memory_matches, set_caps, set_params,
+                           start_destination, start_dirty_source)
+from ferry import stream
+from ferry.machine import free_port
+from ferry.ram_image import anonymous_ram, file_backed_ram, make_image
+
+SMALL_IMAGE = 'x86-dirty-32m.img'
+LSAN = '/usr/lib/x86_64-linux-gnu/liblsan.so.0'
+COMPRESSION_FRAMES = ('ram_compress', 'ram_decompress', 'compress_threads')
+
+
+def enable_compression(vm, **params):
+    set_caps(vm, compress=True)
+    if params:
+        set_params(vm, **params)
+
+
+def worker_threads(vm):
+    """Names of VM's compression threads still alive."""
+    names = []
+    for comm in glob.glob('/proc/%d/task/*/comm' % vm.get_pid()):
+        try:
+            with open(comm) as f:
+                name = f.read().strip()
+        except FileNotFoundError:
+            continue
+        if name in ('compress', 'decompress'):
+            names.append(name)
+    return names
+
+
+def under_lsan(vm, log_prefix):
+    """Run VM with LeakSanitizer preloaded (no rebuild needed): at exit
+    it writes LOG_PREFIX.PID if anything leaked."""
+    vm._wrapper = ['env', 'LD_PRELOAD=' + LSAN, 'LSAN_OPTIONS=exitcode=0:'
+                   'fast_unwind_on_malloc=0:log_path=' + log_prefix]
+
+
+def lsan_active(vm):
+    with open('/proc/%d/maps' % vm.get_pid()) as f:
+        return 'liblsan' in f.read()
+
+
+def compression_leaks(log_prefix):
+    """The leak reports under LOG_PREFIX whose stacks pass through the
+    compression code (the rest of QEMU is not this test's business)."""
+    leaks = []
+    for path in glob.glob(log_prefix + '.*'):
+        with open(path) as f:
+            for report in f.read().split('\n\n'):
+                if 'leak of' in report and \
+                        any(fn in report for fn in COMPRESSION_FRAMES):
+                    leaks.append(report)
+    return leaks
+
+
+def save_stream(src, path, **params):
+    """Migrate stopped SRC to PATH with compression; the final info."""
+    src.command('stop')
+    enable_compression(src, **params)
+    src.command('migrate', uri='exec:cat > %s' % path)
+    return wait_migration(src)
+
+
+def file_destination(like, path, flavour='ferry', name='dst', compress=True,
+                     wrapper=()):
+    """A destination for LIKE that loads the stream saved in PATH."""
+    dst = Guest(flavour, like.target, name)
+    if wrapper:
+        dst._wrapper = list(wrapper)
+    dst._args = list(like._args)
+    dst._args[dst._args.index('-serial') + 1] = 'file:' + dst.serial_path
+    dst.add_args('-incoming', 'defer', '-S')
+    dst.dirty_end = like.dirty_end
+    dst.launch()
+    if compress:
+        enable_compression(dst)
+    dst.command('migrate-incoming', uri='exec:cat %s' % path)
+    return dst
+
+
+def wait_loaded(dst, timeout=60):
+    deadline = time.monotonic() + timeout
+    while dst.command('query-status')['status'] == 'inmigrate':
+        if time.monotonic() > deadline:
+            raise AssertionError('destination still loading')
+        time.sleep(0.1)
+
+
+def wait_passes(src, syncs, timeout=120):
+    """Wait until SRC's migration has synced the dirty bitmap SYNCS times
+    (or ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = src.command('query-migrate')
+        if info['status'] != 'active' or \
+                info['ram']['dirty-sync-count'] >= syncs:
+            return
+        time.sleep(0.1)
+    raise AssertionError('migration made no progress: %s' % info)
+
+
+class CompressionPairs:
+    """Source and destination with compression on, and the migration
+    every data check runs on: a busy guest over at least two passes."""
+
+    def setUp(self):
+        self.vms = []
+
+    def tearDown(self):
+        for vm in self.vms:
+            vm.shutdown()
+
+    def pair(self, src_flavour='ferry', dst_flavour='ferry', **params):
+        # named threads, so that the tests can see the workers
+        src = start_dirty_source(src_flavour,
+                                 extra=['-name', 'src,debug-threads=on'])
+        self.vms.append(src)
+        dst = start_destination(src, dst_flavour)
+        self.vms.append(dst)
+        enable_compression(src, **params)
+        enable_compression(dst, decompress_threads=params.get(
+            'compress_threads', 2))
+        return src, dst
+
+    def migrate_busy_guest(self, src, dst):
+        """Migrate, and let the guest keep writing over several passes;
+        then allow a downtime long enough to converge.  Compressed, this
+        guest's pages are tiny, so the link looks slow to the downtime
+        estimate and the migration would iterate for ever."""
+        set_params(src, max_bandwidth=FAST_LINK, downtime_limit=2000)
+        src.command('migrate', uri=dst.uri)
+        wait_passes(src, 3)
+        set_params(src, downtime_limit=60000)
+        info = wait_migration(src, timeout=240)
+        self.assertEqual(info['status'], 'completed', info)
+        self.assertGreaterEqual(info['ram']['dirty-sync-count'], 3,
+                                'the migration did not iterate')
+        stats = info['compression']
+        if src.command('query-migrate-parameters')['compress-wait-thread']:
+            self.assertEqual(stats['busy'], 0, info)
+            self.assertGreater(stats['pages'], 20000, info)
+        else:
+            # pages that find every worker busy are sent uncompressed
+            self.assertGreater(stats['pages'], 0, info)
+        check_destination(self, src, dst)
+        return info
+
+
+class CompressionPrecopy(CompressionPairs, unittest.TestCase):
+    def test_wait_thread_threads_and_levels(self):
+        for wait in (True, False):
+            for threads in (1, 4):
+                for level in (1, 9):
+                    with self.subTest(wait=wait, threads=threads, level=level):
+                        src, dst = self.pair(compress_wait_thread=wait,
+                                             compress_threads=threads,
+                                             compress_level=level)
+                        self.migrate_busy_guest(src, dst)
+                        for vm in (src, dst):
+                            vm.shutdown()
+                        self.vms = []
+
+    @unittest.skipUnless(os.path.exists(LSAN), 'liblsan0 is not installed')
+    def test_cancel_stops_threads_and_retry_succeeds(self):
+        """Cancel mid-compression: every worker ends, nothing leaks on
+        either side (LeakSanitizer), the guest runs on and a second
+        migration succeeds."""
+        tmp = tempfile.mkdtemp(prefix='ferry-lsan-')
+        self.addCleanup(shutil.rmtree, tmp)
+        log = os.path.join(tmp, 'lsan')
+        src = dirty_guest(name='src', extra=['-name', 'src,debug-threads=on'])
+        under_lsan(src, log)
+        self.vms.append(src)
+        src.launch()
+        src.wait_serial('FP', timeout=120)
+        dst = incoming(src)
+        under_lsan(dst, log)
+        dst.add_args('-S')
+        dst.launch()
+        self.assertTrue(lsan_active(src) and lsan_active(dst))
+        enable_compression(src, compress_threads=4)
+        enable_compression(dst, decompress_threads=4)
+        set_params(src, max_bandwidth=4 << 20)
+        src.command('migrate', uri=dst.uri)
+        time.sleep(1.5)
+        self.assertEqual(src.command('query-migrate')['status'], 'active')
+        self.assertEqual(worker_threads(src).count('compress'), 4)
+        self.assertEqual(worker_threads(dst).count('decompress'), 4)
+        src.command('migrate_cancel')
+        self.assertEqual(wait_migration(src)['status'], 'cancelled')
+        deadline = time.monotonic() + 10
+        while worker_threads(src) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(worker_threads(src), [], 'workers outlive cancel')
+        check_source_alive(self, src)
+        dst.wait(timeout=30)
+        dst2 = start_destination(src)
+        self.vms.append(dst2)
+        enable_compression(dst2)
+        self.migrate_busy_guest(src, dst2)
+        src.shutdown()
+        self.assertEqual(compression_leaks(log), [])
+
+    def test_destination_killed_leaves_source_running(self):
+        src, dst = self.pair()
+        set_params(src, max_bandwidth=4 << 20)
+        src.command('migrate', uri=dst.uri)
+        time.sleep(1.5)
+        dst.kill()
+        info = wait_migration(src, timeout=60)
+        self.assertEqual(info['status'], 'failed', info)
+        self.assertEqual(worker_threads(src), [])
+        check_source_alive(self, src)
+
+
+class CompressionStats(unittest.TestCase):
+    """query-migrate's compression stats against the stream itself."""
+
+    def test_stats_count_what_was_sent(self):
+        tmp = tempfile.mkdtemp(prefix='ferry-compress-')
+        self.addCleanup(shutil.rmtree, tmp)
+        path = os.path.join(tmp, 'stream')
+        src = start_dirty_source('ferry')
+        self.addCleanup(src.shutdown)
+        # a slow link spreads the migration over >1 s, so that the rate
+        # statistics (computed once a second) are computed at all
+        info = save_stream(src, path, compress_threads=2,
+                           max_bandwidth=512 << 10)
+        self.assertEqual(info['status'], 'completed', info)
+        with open(path, 'rb') as f:
+            buf = f.read()
+        records = stream.ram_records(buf)
+        compressed = [r for r in records if r.kind == 'compressed']
+        zero = [r for r in records if r.kind == 'zero']
+        stats = info['compression']
+        self.assertEqual(stats['pages'], len(compressed))
+        self.assertEqual(stats['compressed-size'],
+                         sum(r.end - r.data + 4 for r in compressed))
+        self.assertEqual(info['ram']['duplicate'], len(zero))
+        self.assertGreater(stats['compression-rate'], 1.0, stats)
+        self.assertEqual(stats['busy'], 0)
+        for r in compressed[::997]:
+            self.assertEqual(len(stream.inflate(buf, r)), stream.PAGE)
+        # and the stream loads: the destination holds the source's RAM
+        dst = file_destination(src, path)
+        self.addCleanup(dst.shutdown)
+        wait_loaded(dst)
+        self.assertIsNone(memory_matches(src, dst))
+
+
+class HostileStreams(unittest.TestCase):
+    """A destination fed a corrupt compressed page fails the incoming
+    migration with a clear error, exits cleanly, never crashes."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix='ferry-hostile-')
+        cls.src = start_dirty_source('ferry', image=SMALL_IMAGE, mem='40M')
+        cls.path = os.path.join(cls.tmp, 'good')
+        info = save_stream(cls.src, cls.path)
+        assert info['status'] == 'completed', info
+        with open(cls.path, 'rb') as f:
+            cls.buf = f.read()
+        cls.records = stream.ram_records(cls.buf)
+        compressed = [r for r in cls.records if r.kind == 'compressed']
+        cls.victim = compressed[len(compressed) // 2]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.src.shutdown()
+        shutil.rmtree(cls.tmp)
+
+    def load(self, buf, compress=True, wrapper=()):
+        path = os.path.join(self.tmp, 'hostile')
+        with open(path, 'wb') as f:
+            f.write(buf)
+        dst = file_destination(self.src, path, compress=compress,
+                               wrapper=wrapper)
+        try:
+            dst.wait(timeout=300)
+        finally:
+            dst.shutdown()
+        log = dst.get_log() or ''
+        self.assertEqual(dst.exitcode(), 1, 'destination did not fail '
+                         'cleanly (exit %s):\n%s' % (dst.exitcode(), log))
+        self.assertIn('load of migration failed', log)
+        return log
+
+    def corrupt_payload(self):
+        data = bytearray(self.buf[self.victim.data:self.victim.end])
+        for i in range(2, len(data) - 4, 3):
+            data[i] ^= 0x5a
+        return stream.replace_payload(self.buf, self.victim, bytes(data))
+
+    def test_corrupt_page(self):
+        log = self.load(self.corrupt_payload())
+        self.assertIn('Compressed page cannot be loaded', log)
+
+    def test_length_over_bound(self):
+        bound = stream.compress_bound(stream.PAGE)
+        v = self.victim
+        buf = (self.buf[:v.data - 4] + (bound + 1).to_bytes(4, 'big') +
+               self.buf[v.data:])
+        log = self.load(buf)
+        self.assertIn('Invalid compressed data length: %d' % (bound + 1), log)
+
+    def test_inflates_to_less_than_a_page(self):
+        buf = stream.replace_payload(self.buf, self.victim,
+                                     zlib.compress(b'\1' * 100))
+        log = self.load(buf)
+        self.assertIn('inflates to less than one page', log)
+
+    def test_inflates_to_more_than_a_page(self):
+        buf = stream.replace_payload(self.buf, self.victim,
+                                     zlib.compress(b'\1' * 2 * stream.PAGE))
+        log = self.load(buf)
+        self.assertIn('inflates to more than one page', log)
+
+    def test_data_after_the_zlib_stream(self):
+        v = self.victim
+        payload = self.buf[v.data:v.end] + b'\0\0\0\0'
+        log = self.load(stream.replace_payload(self.buf, v, payload))
+        self.assertIn('data after the end of its zlib stream', log)
+
+    def test_compressed_page_without_the_capability(self):
+        log = self.load(self.buf, compress=False)
+        self.assertIn('Received an unexpected compressed page', log)
+
+    def test_intact_stream_loads(self):
+        dst = file_destination(self.src, self.path)
+        self.addCleanup(dst.shutdown)
+        wait_loaded(dst)
+        self.assertIsNone(memory_matches(self.src, dst))
+
+    @unittest.skipUnless(shutil.which('valgrind'), 'valgrind is not installed')
+    def test_corrupt_page_under_valgrind(self):
+        log = self.load(self.corrupt_payload(), wrapper=[
+            'valgrind', '--error-exitcode=99', '--errors-for-leak-kinds=none',
+            '--trace-children=no'])
+        self.assertIn('Compressed page cannot be loaded', log)
+        self.assertIn('ERROR SUMMARY: 0 errors', log)
+
+
+class CompressionAllocations(unittest.TestCase):
+    """No heap allocation per page on either side: count every malloc of
+    both processes (an LD_PRELOAD counter) across migrations of 64 and
+    256 MiB guests, and require the count not to grow with the pages."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix='ferry-malloc-')
+        cls.counter = os.path.join(cls.tmp, 'malloc_count.so')
+        subprocess.run(['gcc', '-O2', '-shared', '-fPIC', '-o', cls.counter,
+                        os.path.join(os.path.dirname(stream.__file__),
+                                     'malloc_count.c'), '-ldl'], check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def counted(self, vm, name):
+        path = os.path.join(self.tmp, name + '.count')
+        vm._wrapper = ['env', 'LD_PRELOAD=' + self.counter,
+                       'FERRY_MALLOC_COUNT=' + path]
+        return path
+
+    @staticmethod
+    def read_count(path):
+        with open(path, 'rb') as f:
+            return int.from_bytes(f.read(8), 'little')
+
+    def migrate(self, mem_mib):
+        """(pages sent, source allocations, destination allocations)
+        during one compressed migration of a MEM_MIB guest."""
+        image = make_image(os.path.join(self.tmp, 'ram-%d' % mem_mib), mem_mib)
+        port = free_port()
+        src = Guest('ferry', 'x86_64', 'src',
+                    args=file_backed_ram(image, mem_mib) + ['-S'])
+        dst = Guest('ferry', 'x86_64', 'dst', args=anonymous_ram(mem_mib) + [
+            '-S', '-incoming', 'tcp:127.0.0.1:%d' % port])
+        counts = self.counted(src, 'src-%d' % mem_mib), \
+            self.counted(dst, 'dst-%d' % mem_mib)
+        try:
+            src.launch()
+            dst.launch()
+            for vm in (src, dst):
+                set_caps(vm, compress=True, events=True)
+                set_params(vm, compress_threads=2, decompress_threads=2)
+            set_params(src, max_bandwidth=FAST_LINK)
+            before = [self.read_count(c) for c in counts]
+            src.command('migrate', uri='tcp:127.0.0.1:%d' % port)
+            for vm in (src, dst):
+                vm.event_wait('MIGRATION', timeout=300,
+                              match={'data': {'status': 'completed'}})
+            after = [self.read_count(c) for c in counts]
+            info = src.command('query-migrate')
+        finally:
+            src.shutdown()
+            dst.shutdown()
+        self.assertGreater(before[0], 1000, 'the counter counted nothing')
+        pages = info['compression']['pages'] + info['ram']['duplicate']
+        return pages, after[0] - before[0], after[1] - before[1]
+
+    def test_allocations_do_not_grow_with_pages(self):
+        small, large = self.migrate(64), self.migrate(256)
+        print('pages, source and destination allocations: 64 MiB %s, '
+              '256 MiB %s' % (small, large))
+        extra_pages = large[0] - small[0]
+        self.assertGreater(extra_pages, 40000)
+        for side, a, b in (('source', small[1], large[1]),
+                           ('destination', small[2], large[2])):
+            # One allocation per page would add extra_pages.  What does
+            # grow is the base's qio_channel_writev_full_all(), which
+            # copies its iovec array on every flush of the stream buffer
+            # (once per 32 KiB sent, about one per 13 pages here; stock
+            # does the same), plus timers over a longer migration.
+            self.assertLess(b - a, extra_pages // 10,
+                            '%s allocations grow with pages: %d for %d MiB, '
+                            '%d for %d MiB' % (side, a, 64, b, 256))
+
+
+@unittest.skipUnless(env.stock_binary('x86_64'),
+                     "Debian's qemu-system-x86 is not installed")
+class CompressionStockInterop(CompressionPairs, unittest.TestCase):
+    """Stock 7.2 and Ferry migrate to each other with compression on."""
+
+    def test_stock_to_ferry(self):
+        src, dst = self.pair('stock', 'ferry', compress_threads=2)
+        self.migrate_busy_guest(src, dst)
+
+    def test_ferry_to_stock(self):
+        src, dst = self.pair('ferry', 'stock', compress_threads=2)
+        self.migrate_busy_guest(src, dst)
+
+
+if __name__ == '__main__':
+    unittest.main()
