@@ -344,7 +344,8 @@ static struct {
     size_t page_size;
     size_t batch_bytes;
     bool check_errors;
-    bool failed;            /* set once, by the first worker that fails */
+    bool failing;           /* claimed by the first worker that fails */
+    bool failed;            /* set once failure[] is written */
     bool failure_reported;
     char failure[160];      /* why, written before failed is set */
 } load;
@@ -356,7 +357,7 @@ static size_t load_record_bytes(size_t data_len)
 
 static void load_fail(LoadWorker *lw, const char *why)
 {
-    if (qatomic_read(&load.failed)) {
+    if (qatomic_cmpxchg(&load.failing, false, true)) {
         return;
     }
     snprintf(load.failure, sizeof(load.failure), "%s%s%s", why,

@@ -235,6 +235,84 @@ class CompressionPrecopy(CompressionPairs, unittest.TestCase):
         check_source_alive(self, src)
 
 
+class CompressionInterface(unittest.TestCase):
+    """The capability, parameters, their -global forms, HMP and errors,
+    exactly as stock 7.2 has them."""
+
+    BAD_PARAMETERS = [{'compress-level': 10}, {'compress-threads': 0},
+                      {'decompress-threads': 0}, {'compress-threads': 256},
+                      {'compress-level': -1}, {'compress-wait-thread': 'yes'}]
+
+    def machine(self, flavour, *args):
+        vm = Guest(flavour, 'x86_64', 'iface-' + flavour,
+                   args=['-machine', 'pc-i440fx-7.2', '-S', *args])
+        vm.launch()
+        self.addCleanup(vm.shutdown)
+        return vm
+
+    def errors(self, vm):
+        """What VM answers to bad compression settings."""
+        out = []
+        for params in self.BAD_PARAMETERS:
+            r = vm.qmp('migrate-set-parameters', **params)
+            out.append(r.get('error', {}).get('desc'))
+        set_caps(vm, multifd=True)
+        r = vm.qmp('migrate-set-capabilities', capabilities=[
+            {'capability': 'compress', 'state': True}])
+        out.append(r.get('error', {}).get('desc'))
+        set_caps(vm, multifd=False)
+        return out
+
+    def test_defaults_and_global_forms(self):
+        vm = self.machine('ferry')
+        p = vm.command('query-migrate-parameters')
+        self.assertEqual((p['compress-level'], p['compress-threads'],
+                          p['compress-wait-thread'], p['decompress-threads']),
+                         (1, 8, True, 2))
+        vm = self.machine('ferry', '-global', 'migration.x-compress=on',
+                          '-global', 'migration.x-compress-level=7',
+                          '-global', 'migration.x-compress-threads=3',
+                          '-global', 'migration.x-compress-wait-thread=off',
+                          '-global', 'migration.x-decompress-threads=5')
+        p = vm.command('query-migrate-parameters')
+        self.assertEqual((p['compress-level'], p['compress-threads'],
+                          p['compress-wait-thread'], p['decompress-threads']),
+                         (7, 3, False, 5))
+        caps = {c['capability']: c['state']
+                for c in vm.command('query-migrate-capabilities')}
+        self.assertTrue(caps['compress'])
+
+    def test_hmp(self):
+        vm = self.machine('ferry')
+        for cmd in ('migrate_set_capability compress on',
+                    'migrate_set_parameter compress-level 9',
+                    'migrate_set_parameter compress-threads 4',
+                    'migrate_set_parameter compress-wait-thread off',
+                    'migrate_set_parameter decompress-threads 3'):
+            self.assertEqual(vm.command('human-monitor-command',
+                                        command_line=cmd), '')
+        out = vm.command('human-monitor-command',
+                         command_line='info migrate_parameters')
+        for line in ('compress-level: 9', 'compress-threads: 4',
+                     'compress-wait-thread: off', 'decompress-threads: 3'):
+            self.assertIn(line, out)
+        out = vm.command('human-monitor-command',
+                         command_line='info migrate_capabilities')
+        self.assertIn('compress: on', out)
+
+    def test_errors(self):
+        ferry = self.errors(self.machine('ferry'))
+        self.assertEqual(ferry[:3], [
+            "Parameter 'compress_level' expects a value between 0 and 9",
+            "Parameter 'compress_threads' expects a value between 1 and 255",
+            "Parameter 'decompress_threads' expects a value between 1 and "
+            "255"])
+        self.assertEqual(ferry[-1], 'Multifd is not compatible with compress')
+        self.assertTrue(all(ferry), ferry)
+        if env.stock_binary('x86_64'):
+            self.assertEqual(ferry, self.errors(self.machine('stock')))
+
+
 class CompressionStats(unittest.TestCase):
     """query-migrate's compression stats against the stream itself."""
 
@@ -261,6 +339,8 @@ class CompressionStats(unittest.TestCase):
         self.assertEqual(info['ram']['duplicate'], len(zero))
         self.assertGreater(stats['compression-rate'], 1.0, stats)
         self.assertEqual(stats['busy'], 0)
+        hmp = src.command('human-monitor-command', command_line='info migrate')
+        self.assertIn('compression pages: %d pages' % len(compressed), hmp)
         for r in compressed[::997]:
             self.assertEqual(len(stream.inflate(buf, r)), stream.PAGE)
         # and the stream loads: the destination holds the source's RAM
