@@ -38,83 +38,97 @@
 #define LOAD_BATCH_PAGES        32
 
 /*
- * A worker thread and the hand-over of one batch at a time: the producer
- * fills the next batch while the worker processes the one it was handed.
+ * Worker threads take one batch at a time from a producer (the migration
+ * thread, or the incoming side).  One lock per pool: it is taken once
+ * per batch, not per page.
  */
+typedef struct WorkerPool {
+    QemuMutex lock;
+    QemuCond idle;          /* some worker finished its batch */
+} WorkerPool;
+
 typedef struct Worker {
     QemuThread thread;
-    QemuMutex lock;
-    QemuCond cond;
-    bool busy;              /* the worker owns its batch; under lock */
-    bool quit;              /* under lock */
+    WorkerPool *pool;
+    QemuCond wake;          /* a batch was handed over, or quit */
+    bool busy;              /* the worker owns its batch; under pool lock */
+    bool quit;              /* under pool lock */
     void (*run_batch)(struct Worker *w);
 } Worker;
 
 static void *worker_thread(void *opaque)
 {
     Worker *w = opaque;
+    QemuMutex *lock = &w->pool->lock;
 
-    qemu_mutex_lock(&w->lock);
+    qemu_mutex_lock(lock);
     for (;;) {
         while (!w->busy && !w->quit) {
-            qemu_cond_wait(&w->cond, &w->lock);
+            qemu_cond_wait(&w->wake, lock);
         }
         if (!w->busy) {
             break;
         }
-        qemu_mutex_unlock(&w->lock);
+        qemu_mutex_unlock(lock);
         w->run_batch(w);
-        qemu_mutex_lock(&w->lock);
+        qemu_mutex_lock(lock);
         w->busy = false;
-        qemu_cond_broadcast(&w->cond);
+        qemu_cond_broadcast(&w->pool->idle);
     }
-    qemu_mutex_unlock(&w->lock);
+    qemu_mutex_unlock(lock);
     return NULL;
 }
 
-static void worker_start(Worker *w, const char *name,
+static void pool_init(WorkerPool *pool)
+{
+    qemu_mutex_init(&pool->lock);
+    qemu_cond_init(&pool->idle);
+}
+
+static void pool_destroy(WorkerPool *pool)
+{
+    qemu_cond_destroy(&pool->idle);
+    qemu_mutex_destroy(&pool->lock);
+}
+
+static void worker_start(Worker *w, WorkerPool *pool, const char *name,
                          void (*run_batch)(Worker *w))
 {
-    qemu_mutex_init(&w->lock);
-    qemu_cond_init(&w->cond);
+    w->pool = pool;
+    qemu_cond_init(&w->wake);
     w->run_batch = run_batch;
     qemu_thread_create(&w->thread, name, worker_thread, w,
                        QEMU_THREAD_JOINABLE);
 }
 
-/* Wait for the worker to finish its batch, or with !@wait only look. */
-static bool worker_idle(Worker *w, bool wait)
+/* Wait for the worker to finish its batch. */
+static void worker_wait_idle(Worker *w)
 {
-    bool idle;
-
-    qemu_mutex_lock(&w->lock);
-    while (wait && w->busy) {
-        qemu_cond_wait(&w->cond, &w->lock);
+    qemu_mutex_lock(&w->pool->lock);
+    while (w->busy) {
+        qemu_cond_wait(&w->pool->idle, &w->pool->lock);
     }
-    idle = !w->busy;
-    qemu_mutex_unlock(&w->lock);
-    return idle;
+    qemu_mutex_unlock(&w->pool->lock);
 }
 
 /* Hand the worker its batch; it must be idle. */
 static void worker_kick(Worker *w)
 {
-    qemu_mutex_lock(&w->lock);
+    qemu_mutex_lock(&w->pool->lock);
     w->busy = true;
-    qemu_cond_broadcast(&w->cond);
-    qemu_mutex_unlock(&w->lock);
+    qemu_cond_signal(&w->wake);
+    qemu_mutex_unlock(&w->pool->lock);
 }
 
 /* Let the worker finish its batch, then join it. */
 static void worker_stop(Worker *w)
 {
-    qemu_mutex_lock(&w->lock);
+    qemu_mutex_lock(&w->pool->lock);
     w->quit = true;
-    qemu_cond_broadcast(&w->cond);
-    qemu_mutex_unlock(&w->lock);
+    qemu_cond_signal(&w->wake);
+    qemu_mutex_unlock(&w->pool->lock);
     qemu_thread_join(&w->thread);
-    qemu_cond_destroy(&w->cond);
-    qemu_mutex_destroy(&w->lock);
+    qemu_cond_destroy(&w->wake);
 }
 
 /* Save side */
@@ -132,18 +146,18 @@ typedef struct PageBatch {
 
 typedef struct SaveWorker {
     Worker w;
-    PageBatch batches[2];
-    PageBatch *fill;        /* the migration thread's */
-    PageBatch *work;        /* the worker's while busy */
-    /* The worker's own. */
-    z_stream stream;
+    PageBatch *work;        /* the worker's while busy, then its result */
+    z_stream stream;        /* the worker's own, like page */
     uint8_t *page;
 } SaveWorker;
 
 static struct {
+    WorkerPool pool;
     SaveWorker *workers;
     int count;
-    int next;               /* the worker whose batch is being filled */
+    PageBatch *batches;     /* one per worker, and one filling */
+    int batch_count;
+    PageBatch *fill;        /* the migration thread's */
     size_t page_size;
 } save;
 
@@ -179,7 +193,7 @@ static void save_run_batch(Worker *w)
     batch->sent = sent;
 }
 
-/* Copy the records of a batch the worker finished to @f; empty it. */
+/* Copy the records of a batch a worker finished to @f; empty it. */
 static void save_collect(QEMUFile *f, PageBatch *batch, RamCompressSent *sent)
 {
     if (batch->deflate_error) {
@@ -198,22 +212,45 @@ static void save_collect(QEMUFile *f, PageBatch *batch, RamCompressSent *sent)
     batch->count = 0;
 }
 
-/*
- * Hand @sw its filled batch once it is idle (false if it is busy and
- * !@wait), then write the batch it finished: the worker starts on the
- * next batch before the stream may block us.
- */
-static bool save_submit(QEMUFile *f, SaveWorker *sw, bool wait,
-                        RamCompressSent *sent)
+/* The first idle worker, waiting for one if @wait; NULL if none. */
+static SaveWorker *save_idle_worker(bool wait)
 {
-    PageBatch *done = sw->work;
+    SaveWorker *found = NULL;
+    int i;
 
-    if (!worker_idle(&sw->w, wait)) {
+    qemu_mutex_lock(&save.pool.lock);
+    for (;;) {
+        for (i = 0; i < save.count && !found; i++) {
+            if (!save.workers[i].w.busy) {
+                found = &save.workers[i];
+            }
+        }
+        if (found || !wait) {
+            break;
+        }
+        qemu_cond_wait(&save.pool.idle, &save.pool.lock);
+    }
+    qemu_mutex_unlock(&save.pool.lock);
+    return found;
+}
+
+/*
+ * Hand the filled batch to the first idle worker (false if none is idle
+ * and !@wait), then write the batch that worker finished: the worker
+ * starts on its new batch before the stream may block us.
+ */
+static bool save_submit(QEMUFile *f, bool wait, RamCompressSent *sent)
+{
+    SaveWorker *sw = save_idle_worker(wait);
+    PageBatch *done;
+
+    if (!sw) {
         return false;
     }
-    sw->work = sw->fill;
-    sw->fill = done;
+    done = sw->work;
+    sw->work = save.fill;
     worker_kick(&sw->w);
+    save.fill = done;
     save_collect(f, done, sent);
     return true;
 }
@@ -222,32 +259,14 @@ bool ram_compress_save_page(QEMUFile *f, const uint8_t *host,
                             ram_addr_t offset, bool wait,
                             RamCompressSent *sent)
 {
-    SaveWorker *sw = NULL;
-    int tries;
-
-    /* Without wait a full batch stays queued until its worker is free. */
-    for (tries = 0; tries < save.count && !sw; tries++) {
-        SaveWorker *candidate = &save.workers[save.next];
-
-        if (candidate->fill->count < SAVE_BATCH_PAGES ||
-            save_submit(f, candidate, false, sent)) {
-            sw = candidate;
-        } else {
-            save.next = (save.next + 1) % save.count;
-        }
+    /* Without wait a full batch stays queued until a worker is free. */
+    if (save.fill->count == SAVE_BATCH_PAGES && !save_submit(f, wait, sent)) {
+        return false;
     }
-    if (!sw) {
-        if (!wait) {
-            return false;
-        }
-        sw = &save.workers[save.next];
-        save_submit(f, sw, true, sent);
-    }
-    sw->fill->host[sw->fill->count] = host;
-    sw->fill->offset[sw->fill->count] = offset;
-    if (++sw->fill->count == SAVE_BATCH_PAGES) {
-        save_submit(f, sw, wait, sent);
-        save.next = (save.next + 1) % save.count;
+    save.fill->host[save.fill->count] = host;
+    save.fill->offset[save.fill->count] = offset;
+    if (++save.fill->count == SAVE_BATCH_PAGES) {
+        save_submit(f, wait, sent);
     }
     return true;
 }
@@ -256,13 +275,11 @@ void ram_compress_save_flush(QEMUFile *f, RamCompressSent *sent)
 {
     int i;
 
-    for (i = 0; i < save.count; i++) {
-        if (save.workers[i].fill->count) {
-            save_submit(f, &save.workers[i], true, sent);
-        }
+    if (save.fill->count) {
+        save_submit(f, true, sent);
     }
     for (i = 0; i < save.count; i++) {
-        worker_idle(&save.workers[i].w, true);
+        worker_wait_idle(&save.workers[i].w);
         save_collect(f, save.workers[i].work, sent);
     }
     trace_ram_compress_save_flush(sent->pages, sent->zero_pages, sent->bytes);
@@ -277,10 +294,15 @@ void ram_compress_save_cleanup(void)
 
         worker_stop(&sw->w);
         deflateEnd(&sw->stream);
-        g_free(sw->batches[0].out);
-        g_free(sw->batches[1].out);
         g_free(sw->page);
     }
+    for (i = 0; i < save.batch_count; i++) {
+        g_free(save.batches[i].out);
+    }
+    if (save.workers) {
+        pool_destroy(&save.pool);
+    }
+    g_free(save.batches);
     g_free(save.workers);
     memset(&save, 0, sizeof(save));
 }
@@ -291,8 +313,15 @@ int ram_compress_save_setup(int threads, int level, size_t page_size)
     int i;
 
     assert(!save.workers && threads > 0);
+    pool_init(&save.pool);
     save.workers = g_new0(SaveWorker, threads);
+    save.batch_count = threads + 1;
+    save.batches = g_new0(PageBatch, save.batch_count);
+    for (i = 0; i < save.batch_count; i++) {
+        save.batches[i].out = g_malloc(SAVE_BATCH_PAGES * record);
+    }
     save.page_size = page_size;
+    save.fill = &save.batches[threads];
     for (i = 0; i < threads; i++) {
         SaveWorker *sw = &save.workers[i];
 
@@ -302,12 +331,9 @@ int ram_compress_save_setup(int threads, int level, size_t page_size)
             ram_compress_save_cleanup();
             return -1;
         }
-        sw->batches[0].out = g_malloc(SAVE_BATCH_PAGES * record);
-        sw->batches[1].out = g_malloc(SAVE_BATCH_PAGES * record);
         sw->page = g_malloc(page_size);
-        sw->fill = &sw->batches[0];
-        sw->work = &sw->batches[1];
-        worker_start(&sw->w, "compress", save_run_batch);
+        sw->work = &save.batches[i];
+        worker_start(&sw->w, &save.pool, "compress", save_run_batch);
         save.count = i + 1;
     }
     trace_ram_compress_save_setup(threads, level);
@@ -339,6 +365,7 @@ typedef struct LoadWorker {
 } LoadWorker;
 
 static struct {
+    WorkerPool pool;
     LoadWorker *workers;
     int count;
     size_t page_size;
@@ -428,7 +455,7 @@ static void load_submit(LoadWorker *lw)
 {
     LoadBatch *done = lw->work;
 
-    worker_idle(&lw->w, true);
+    worker_wait_idle(&lw->w);
     lw->work = lw->fill;
     lw->fill = done;
     worker_kick(&lw->w);
@@ -505,7 +532,7 @@ int ram_decompress_barrier(void *host)
     if (lw->fill->len) {
         load_submit(lw);
     }
-    worker_idle(&lw->w, true);
+    worker_wait_idle(&lw->w);
     return load_status();
 }
 
@@ -519,7 +546,7 @@ int ram_decompress_wait(void)
         }
     }
     for (i = 0; i < load.count; i++) {
-        worker_idle(&load.workers[i].w, true);
+        worker_wait_idle(&load.workers[i].w);
     }
     return load_status();
 }
@@ -537,6 +564,9 @@ void ram_decompress_load_cleanup(void)
             g_free(lw->batches[j].buf);
         }
     }
+    if (load.workers) {
+        pool_destroy(&load.pool);
+    }
     g_free(load.workers);
     memset(&load, 0, sizeof(load));
 }
@@ -547,6 +577,7 @@ int ram_decompress_load_setup(int threads, size_t page_size,
     int i, j;
 
     assert(!load.workers && threads > 0);
+    pool_init(&load.pool);
     load.workers = g_new0(LoadWorker, threads);
     load.page_size = page_size;
     load.batch_bytes = LOAD_BATCH_PAGES *
@@ -565,7 +596,7 @@ int ram_decompress_load_setup(int threads, size_t page_size,
         }
         lw->fill = &lw->batches[0];
         lw->work = &lw->batches[1];
-        worker_start(&lw->w, "decompress", load_run_batch);
+        worker_start(&lw->w, &load.pool, "decompress", load_run_batch);
         load.count = i + 1;
     }
     trace_ram_decompress_load_setup(threads, check_errors);
