@@ -5,13 +5,14 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * Save side: the migration thread queues pages in batches, one batch per
- * worker in turn.  A worker copies each page of its batch to a private
- * buffer (a vCPU may write the page meanwhile), sends it as a zero page if
- * it is one, else deflates it with the zlib stream it keeps for the whole
- * migration, and leaves the finished records in its output buffer.  The
- * migration thread copies that buffer to the stream when it next hands the
- * worker a batch, or on a flush.
+ * Save side: the migration thread queues pages in batches and hands each
+ * full batch to whichever worker is idle.  A worker copies each page of
+ * its batch to a private buffer (a vCPU may write the page meanwhile),
+ * sends it as a zero page if it is one, else deflates it with the zlib
+ * stream it keeps for the whole migration, and leaves the finished
+ * records in the batch's output buffer.  The migration thread copies
+ * them to the stream when it hands that worker its next batch, or on a
+ * flush.
  *
  * Load side: the incoming side reads each record into the batch of the
  * worker that owns its page (pages are spread over the workers by
@@ -20,8 +21,8 @@
  * plain records for the same page cannot overtake each other.
  *
  * Batches are what make this faster than one hand-over per page: a
- * hand-over costs a wake-up each way, which on a busy host is as much as
- * deflating a page.  Every buffer is allocated at setup.
+ * hand-over costs a wake-up each way, which on a busy host is a good part
+ * of deflating a page.  Every buffer is allocated at setup.
  */
 
 #include "qemu/osdep.h"
