@@ -17,8 +17,6 @@
 
 #define PAGE 4096
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static z_stream stream;
