@@ -9,25 +9,15 @@ import unittest
 
 from ferry import env
 from ferry.machine import Guest
-from ferry.migrate import (FAST_LINK, check_destination, migrate,
-                           start_destination, start_dirty_source)
+from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
+                           migrate)
 
 
 @unittest.skipUnless(env.stock_binary('x86_64'),
                      "Debian's qemu-system-x86 is not installed")
-class StockInterop(unittest.TestCase):
-    def setUp(self):
-        self.vms = []
-
-    def tearDown(self):
-        for vm in self.vms:
-            vm.shutdown()
-
+class StockInterop(MigrationPairs, unittest.TestCase):
     def run_pair(self, src_flavour, dst_flavour):
-        src = start_dirty_source(src_flavour)
-        self.vms.append(src)
-        dst = start_destination(src, dst_flavour)
-        self.vms.append(dst)
+        src, dst = self.pair(src_flavour, dst_flavour)
         info = migrate(src, dst, max_bandwidth=FAST_LINK, downtime_limit=2000)
         self.assertEqual(info['status'], 'completed', info)
         check_destination(self, src, dst)

@@ -17,12 +17,12 @@ import unittest
 import zlib
 
 from ferry import env
-from ferry.machine import Guest, dirty_guest, incoming, wait_migration
-from ferry.migrate import (FAST_LINK, check_destination, check_source_alive,
-                           memory_matches, set_caps, set_params,
-                           start_destination, start_dirty_source)
+from ferry.machine import (Guest, dirty_guest, free_port, incoming,
+                           wait_migration)
+from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
+                           check_source_alive, memory_matches, set_caps,
+                           set_params, start_destination, start_dirty_source)
 from ferry import stream
-from ferry.machine import free_port
 from ferry.ram_image import anonymous_ram, file_backed_ram, make_image
 
 SMALL_IMAGE = 'x86-dirty-32m.img'
@@ -121,24 +121,14 @@ def wait_passes(src, syncs, timeout=120):
     raise AssertionError('migration made no progress: %s' % info)
 
 
-class CompressionPairs:
+class CompressionPairs(MigrationPairs):
     """Source and destination with compression on, and the migration
     every data check runs on: a busy guest over at least two passes."""
 
-    def setUp(self):
-        self.vms = []
-
-    def tearDown(self):
-        for vm in self.vms:
-            vm.shutdown()
-
     def pair(self, src_flavour='ferry', dst_flavour='ferry', **params):
         # named threads, so that the tests can see the workers
-        src = start_dirty_source(src_flavour,
-                                 extra=['-name', 'src,debug-threads=on'])
-        self.vms.append(src)
-        dst = start_destination(src, dst_flavour)
-        self.vms.append(dst)
+        src, dst = super().pair(src_flavour, dst_flavour,
+                                extra=['-name', 'src,debug-threads=on'])
         enable_compression(src, **params)
         enable_compression(dst, decompress_threads=params.get(
             'compress_threads', 2))

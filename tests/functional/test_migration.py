@@ -10,26 +10,12 @@ import time
 import unittest
 
 from ferry.machine import wait_migration
-from ferry.migrate import (FAST_LINK, check_destination, check_source_alive,
-                           migrate, set_params, start_destination,
-                           start_dirty_source)
+from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
+                           check_source_alive, migrate, set_params,
+                           start_destination)
 
 
-class Precopy(unittest.TestCase):
-    def setUp(self):
-        self.vms = []
-
-    def tearDown(self):
-        for vm in self.vms:
-            vm.shutdown()
-
-    def pair(self, src_flavour='ferry', dst_flavour='ferry', **kw):
-        src = start_dirty_source(src_flavour, **kw)
-        self.vms.append(src)
-        dst = start_destination(src, dst_flavour)
-        self.vms.append(dst)
-        return src, dst
-
+class Precopy(MigrationPairs, unittest.TestCase):
     def test_busy_guest_arrives_intact(self):
         src, dst = self.pair()
         info = migrate(src, dst, max_bandwidth=FAST_LINK, downtime_limit=2000)

@@ -24,6 +24,25 @@ def start_destination(src, flavour='ferry', paused=True):
     return dst
 
 
+class MigrationPairs:
+    """unittest mixin: every VM in self.vms is shut down after the test;
+    pair() starts the busy source and a paused destination for it."""
+
+    def setUp(self):
+        self.vms = []
+
+    def tearDown(self):
+        for vm in self.vms:
+            vm.shutdown()
+
+    def pair(self, src_flavour='ferry', dst_flavour='ferry', **kw):
+        src = start_dirty_source(src_flavour, **kw)
+        self.vms.append(src)
+        dst = start_destination(src, dst_flavour)
+        self.vms.append(dst)
+        return src, dst
+
+
 def set_params(vm, **params):
     vm.command('migrate-set-parameters',
                **{k.replace('_', '-'): v for k, v in params.items()})
