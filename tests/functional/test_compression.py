@@ -20,7 +20,8 @@ from ferry import env
 from ferry.machine import (Guest, dirty_guest, free_port, incoming,
                            wait_migration)
 from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
-                           check_source_alive, memory_matches, set_caps,
+                           check_source_alive, kill_destination_midway,
+                           memory_matches, set_caps,
                            set_params, start_destination, start_dirty_source)
 from ferry import stream
 from ferry.ram_image import anonymous_ram, file_backed_ram, make_image
@@ -215,11 +216,7 @@ class CompressionPrecopy(CompressionPairs, unittest.TestCase):
 
     def test_destination_killed_leaves_source_running(self):
         src, dst = self.pair()
-        set_params(src, max_bandwidth=4 << 20)
-        src.command('migrate', uri=dst.uri)
-        time.sleep(1.5)
-        dst.kill()
-        info = wait_migration(src, timeout=60)
+        info = kill_destination_midway(src, dst, 4 << 20, after=1.5)
         self.assertEqual(info['status'], 'failed', info)
         self.assertEqual(worker_threads(src), [])
         check_source_alive(self, src)

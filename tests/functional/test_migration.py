@@ -11,8 +11,8 @@ import unittest
 
 from ferry.machine import wait_migration
 from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
-                           check_source_alive, migrate, set_params,
-                           start_destination)
+                           check_source_alive, kill_destination_midway,
+                           migrate, set_params, start_destination)
 
 
 class Precopy(MigrationPairs, unittest.TestCase):
@@ -41,11 +41,7 @@ class Precopy(MigrationPairs, unittest.TestCase):
 
     def test_destination_killed_leaves_source_running(self):
         src, dst = self.pair()
-        set_params(src, max_bandwidth=8 << 20)
-        src.command('migrate', uri=dst.uri)
-        time.sleep(1)
-        dst.kill()
-        info = wait_migration(src, timeout=60)
+        info = kill_destination_midway(src, dst, 8 << 20, after=1)
         self.assertEqual(info['status'], 'failed', info)
         check_source_alive(self, src)
 

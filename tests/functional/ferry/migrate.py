@@ -59,6 +59,16 @@ def migrate(src, dst, timeout=180, **params):
     return wait_migration(src, timeout=timeout)
 
 
+def kill_destination_midway(src, dst, bandwidth, after):
+    """Migrate SRC to DST over a BANDWIDTH bytes/s link, kill DST AFTER
+    seconds in; SRC's query-migrate once it has given up."""
+    set_params(src, max_bandwidth=bandwidth)
+    src.command('migrate', uri=dst.uri)
+    time.sleep(after)
+    dst.kill()
+    return wait_migration(src, timeout=60)
+
+
 # Under KVM, SeaBIOS enables kvmclock and places the pvclock structure in
 # its low-memory data; the destination's KVM rewrites it (its version
 # field) when the clock state is loaded, before the guest runs again.
