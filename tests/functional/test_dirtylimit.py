@@ -276,14 +276,10 @@ class DirtyLimitTcg(DirtyLimitHolds, unittest.TestCase):
 
 @unittest.skipUnless(KVM, SKIP_KVM)
 class DirtyLimitKvmSmallRing(DirtyLimitKvm):
+    """A 1024-entry ring fills within 1.5 ms here, so its vCPU exits
+    KVM_EXIT_DIRTY_RING_FULL often; those exits must not wait for the
+    BQL that each of this test's memory reads holds."""
     accel = 'kvm,dirty-ring-size=1024'
-
-    # Known weakness (issue 3): under CI load the 1024-entry ring, whose
-    # controller harvests every 0.5 ms, held 945 MB/s in both attempts.
-    @pytest.mark.xfail(strict=False, reason='1024-entry ring held 945 MB/s '
-                       'for 1000 under CI load (issue 3, open)')
-    def test_holds_1000MBps(self):
-        super().test_holds_1000MBps()
 
 
 class DirtyLimitErrors(unittest.TestCase):
