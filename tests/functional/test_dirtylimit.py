@@ -178,6 +178,11 @@ class TwoVcpusChecks:
     accel = None
     # How close vCPU 1 must be held to its quota, relative (SPEC: 5 %).
     vcpu1_tolerance = 0.05
+    # Whether vCPU 0 carries a limit it never reaches throughout, so that
+    # both phases count its pages alike, or none at all.
+    vcpu0_limited = True
+    # How much slower vCPU 0 may run while vCPU 1 is held (SPEC: 5 %).
+    vcpu0_tolerance = 0.05
 
     def check_spares(self, quota):
         vm = dirty_guest('x86-dirty-smp.img', accel=self.accel)
@@ -195,13 +200,19 @@ class TwoVcpusChecks:
 
     def measure_spares(self, vm, quota):
         vm.wait_serial('Q', timeout=60)
-        # Both vCPUs are limited throughout (dirty logging and harvesting
-        # alike); vCPU 1 alternates between a quota it cannot reach and
-        # the quota, and medians of three windows each absorb host noise.
-        vm.command('set-vcpu-dirty-limit', dirty_rate=1 << 20)
+        # vCPU 1 alternates between no limit (or, with vcpu0_limited, a
+        # quota it cannot reach, so that dirty logging and harvesting are
+        # alike in both phases) and the quota; medians of three windows
+        # each absorb host noise.
+        if self.vcpu0_limited:
+            vm.command('set-vcpu-dirty-limit', dirty_rate=1 << 20)
         free, held = [], []
         for _ in range(3):
-            vm.command('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=1 << 20)
+            if self.vcpu0_limited:
+                vm.command('set-vcpu-dirty-limit', cpu_index=1,
+                           dirty_rate=1 << 20)
+            elif vm.command('query-vcpu-dirty-limit'):
+                vm.command('cancel-vcpu-dirty-limit', cpu_index=1)
             time.sleep(1)
             free.append(vcpu_rates(vm, 4))
             vm.command('set-vcpu-dirty-limit', cpu_index=1, dirty_rate=quota)
@@ -218,13 +229,14 @@ class TwoVcpusChecks:
         self.assertGreater(free1, 3 * quota)
         # Both vCPUs share this machine's two cores with the rest of the
         # test run, so vCPU 0 speeds up when vCPU 1 sleeps; what must hold
-        # is that limiting vCPU 1 never slows vCPU 0 (by more than 5 %).
-        self.assertGreater(cpu0, 0.95 * free0,
+        # is that limiting vCPU 1 never slows vCPU 0.
+        self.assertGreater(cpu0, (1 - self.vcpu0_tolerance) * free0,
                            'vCPU 0: %.0f MB/s before, %.0f MB/s with vCPU 1 '
                            'limited' % (free0, cpu0))
         limits = {l['cpu-index']: l['limit-rate']
                   for l in vm.command('query-vcpu-dirty-limit')}
-        self.assertEqual(limits, {0: 1 << 20, 1: quota})
+        self.assertEqual(limits, {0: 1 << 20, 1: quota} if self.vcpu0_limited
+                         else {1: quota})
 
 
 @unittest.skipUnless(KVM, SKIP_KVM)
@@ -246,15 +258,27 @@ class DirtyLimitTwoVcpusKvmBitmap(TwoVcpusChecks, unittest.TestCase):
     vcpu1_tolerance = 0.15
 
 
-# Known defect (issue 3): under TCG vCPU 0, itself limited (so that its
-# writes trap in both phases), runs about 8 or about 20 GB/s per CPU
-# second from one 3 s window to the next, in either phase; a 5 % check
-# cannot pass reliably on that.  An unlimited vCPU 0 keeps its speed
-# (median ratio 1.01 over 5 pairs); the limit on vCPU 1 itself holds.
-# Run and reported, not yet required.
-@pytest.mark.xfail(strict=False, reason='under TCG, a limited vCPU 0 at '
-                   'times slows while vCPU 1 is held (issue 3, open)')
 class DirtyLimitTwoVcpusTcg(TwoVcpusChecks, unittest.TestCase):
+    """Under TCG only limited vCPUs' writes are counted, so an unlimited
+    vCPU 0 runs the same code whether vCPU 1 is limited or not.  TCG's
+    own speed here swings by +-25 % between 4 s windows with no limit
+    set at all (vCPU 0: 21-35 GB/s over ten windows), so a median of
+    three windows cannot resolve 5 %; this check catches a limit that
+    stalls the other vCPU (as paying penalties in place once did, by
+    30-40 %), and the 5 % form runs below as an expected failure."""
+    accel = 'tcg'
+    vcpu0_limited = False
+    vcpu0_tolerance = 0.25
+
+
+# Known weakness (issue 3): the SPEC's 5 % for vCPU 0 under TCG.  Its
+# speed swings between about 20 and 30 GB/s from one 4 s window to the
+# next in either phase, limited or not, so a 5 % check on medians of
+# three windows fails about a third of the time on noise alone.  Run
+# and reported, not required.
+@pytest.mark.xfail(strict=False, reason="under TCG vCPU 0's own speed "
+                   'swings by +-25 % between windows (issue 3)')
+class DirtyLimitTwoVcpusTcgStrict(TwoVcpusChecks, unittest.TestCase):
     accel = 'tcg'
 
 
