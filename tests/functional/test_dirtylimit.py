@@ -244,6 +244,19 @@ class DirtyLimitTwoVcpusKvm(TwoVcpusChecks, unittest.TestCase):
     accel = 'kvm,dirty-ring-size=4096'
 
 
+# Known defect (issue 3): with 1024-entry rings, holding vCPU 1 at
+# 100 MB/s slowed vCPU 0 by 8-14 % (2074 -> 1901, 1905 -> 1631 MB/s) in
+# the first runs of this check, while 10 MB/s spared it; with 4096-entry
+# rings vCPU 0 keeps its speed.  Not understood yet (candidates: the
+# VM-wide KVM_RESET_DIRTY_RINGS after each harvest, and PVM's re-entry
+# cost, both more frequent with the smaller ring).  Run and reported.
+@unittest.skipUnless(KVM, SKIP_KVM)
+@pytest.mark.xfail(strict=False, reason='1024-entry rings: a 100 MB/s '
+                   'limit on vCPU 1 slows vCPU 0 by 8-14 % (issue 3, open)')
+class DirtyLimitTwoVcpusKvmSmallRing(TwoVcpusChecks, unittest.TestCase):
+    accel = 'kvm,dirty-ring-size=1024'
+
+
 # Known defect (issue 3): the dirty log does not say which vCPU dirtied
 # a page; Ferry shares it by the vCPUs' CPU time, which over-charges a
 # throttled vCPU on PVM (it pays for re-entering the guest): 100 MB/s is
