@@ -116,7 +116,7 @@ void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
     /* Only this vCPU's thread writes its count. */
     qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
     if (dirtylimit_vcpu_charge_slice(cpu)) {
-        /* Leave the TB loop at the next TB; tcg_cpus_exec() serves. */
+        /* Leave the TB loop at the next TB; tcg_cpus_exec() serves it. */
         cpu_exit(cpu);
     }
 }

@@ -116,7 +116,7 @@ typedef struct DirtyLimitVcpu {
     bool limited;                   /* read locklessly by the vCPU */
     bool by_migration;              /* set by dirtylimit_migration_engage */
     bool sleeping;                  /* serving a penalty: dirties nothing */
-    bool penalty_signalled;         /* KVM: signalled to serve a penalty */
+    bool penalty_signalled;         /* asked to leave and serve a penalty */
     uint64_t quota_mb;
     uint64_t slice_pages;           /* TCG: pages dirtied between charges */
     uint64_t charged_pages;         /* CPUState::dirty_pages charged so far */
@@ -250,8 +250,12 @@ bool dirtylimit_vcpu_charge_slice(CPUState *cpu)
         qatomic_read(&v->slice_pages)) {
         return false;
     }
-    /* Charged in place: leaving the TB loop takes the BQL on the way in. */
-    return dirtylimit_vcpu_charge(cpu, v) > 0;
+    /* Charged in place: the vCPU leaves the TB loop only if it owes. */
+    if (dirtylimit_vcpu_charge(cpu, v) <= 0) {
+        return false;
+    }
+    qatomic_set(&v->penalty_signalled, true);
+    return true;
 }
 
 /* Sleep whatever penalty the vCPU owes, in the vCPU thread. */

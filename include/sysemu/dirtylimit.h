@@ -35,11 +35,12 @@ void dirtylimit_vcpu_execute(CPUState *cpu);
 bool dirtylimit_vcpu_limited(CPUState *cpu);
 
 /**
- * dirtylimit_vcpu_serve_signal: called by a KVM vCPU thread when KVM_RUN
- * was interrupted by a signal.  If the dirty limit sent it, and nothing
- * else wants the vCPU, sleep the penalty it owes and return true: the
- * vCPU goes straight back into KVM_RUN, without the BQL.  Otherwise
- * return false and let the vCPU leave KVM_RUN as usual.
+ * dirtylimit_vcpu_serve_signal: called by a vCPU thread when KVM_RUN was
+ * interrupted by a signal, or TCG's loop by cpu_exit().  If the dirty
+ * limit asked for it, and nothing else wants the vCPU, sleep the penalty
+ * it owes and return true: the vCPU goes straight back into the guest,
+ * without the BQL.  Otherwise return false and let the vCPU leave as
+ * usual.
  */
 bool dirtylimit_vcpu_serve_signal(CPUState *cpu);
 
@@ -47,7 +48,8 @@ bool dirtylimit_vcpu_serve_signal(CPUState *cpu);
  * dirtylimit_vcpu_charge_slice: called by a TCG vCPU thread as it dirties
  * a page.  Once @cpu has dirtied a slice of its quota since its last
  * charge, charge it; return true if it then owes a penalty and should
- * leave the guest to pay it.  A vCPU below its quota never leaves.
+ * leave the TB loop to pay it (dirtylimit_vcpu_serve_signal()).  A vCPU
+ * below its quota never leaves.
  */
 bool dirtylimit_vcpu_charge_slice(CPUState *cpu);
 
