@@ -247,10 +247,11 @@ class DirtyLimitTwoVcpusKvm(TwoVcpusChecks, unittest.TestCase):
 # 100 MB/s slows vCPU 0: medians of six to eight paired 2 s windows read
 # from shared RAM gave 0.87, 0.91 and 0.93 of its free speed, against
 # 1.01 with no limit in either phase and 0.98 with 4096-entry rings.
-# Not understood yet (candidates: the VM-wide KVM_RESET_DIRTY_RINGS
-# after each harvest, PVM's re-entry cost, both more frequent with the
-# smaller ring; signalling fewer, longer penalties did not measurably
-# help).  Run and reported.
+# While vCPU 1 sleeps, this cloud VM's idle CPU makes the controller
+# thread wake late (gaps of 2-5 ms, 50-80 a second), longer than the
+# 2.9 ms a 1024-entry ring takes to fill, so vCPU 0 exits ring-full five
+# times as often and reaps its ring itself (docs/devel/ferry-dirtylimit.rst).
+# Run and reported.
 @unittest.skipUnless(KVM, SKIP_KVM)
 @pytest.mark.xfail(strict=False, reason='1024-entry rings: a 100 MB/s '
                    'limit on vCPU 1 slows vCPU 0 by 7-13 % (issue 3, open)')
