@@ -118,7 +118,17 @@ class DirtyLimitHolds:
         if counted < 1500:
             self.skipTest('guest dirties only %.0f MB/s while counted here'
                           % counted)
-        self.retry_once(self.check_holds, 1000)
+        try:
+            self.retry_once(self.check_holds, 1000)
+        except AssertionError as failure:
+            # The shared host may have slowed down since (CI once saw the
+            # guest fall from over 1500 to 1169 MB/s within minutes);
+            # a failure only counts if the guest can still do 1500.
+            counted = self.counted_rate()
+            if counted < 1500:
+                self.skipTest('guest slowed to %.0f MB/s while counted here '
+                              'after: %s' % (counted, failure))
+            raise
 
     def test_quota_change_reconverges(self):
         self.retry_once(self.check_quota_change)
