@@ -156,11 +156,12 @@ class DirtyLimitHolds:
         self.assertGreater(guest_rate(self.vm, 1), 100)
 
     def test_vcpu_below_its_quota_is_not_penalised(self):
-        # A quota twice what the vCPU dirties (while counted) must never
-        # make it sleep: no penalty in the trace, and no loss of speed
-        # beyond host noise.
+        # A quota well above what the vCPU dirties (while counted) must
+        # never make it sleep: no penalty in the trace, and no loss of
+        # speed beyond host noise.  Four times, as this shared host's
+        # speed has been seen to change by 1.85x within two minutes.
         counted = self.counted_rate()
-        quota = int(2 * counted) + 1
+        quota = int(4 * counted) + 1
         start = os.path.getsize(self.penalties)
         self.limit(quota)
         time.sleep(0.5)
