@@ -12,7 +12,8 @@ import tempfile
 import time
 
 from ferry import env
-from ferry.pattern import PASS_COUNTER, DIRTY_START, page_bytes, pages_written
+from ferry.pattern import (PAGE, PASS_COUNTER, DIRTY_START, page_bytes,
+                           pages_written)
 from qemu.machine import QEMUMachine  # noqa: E402  (env sets sys.path)
 
 DIRTY_END = {'x86-dirty.img': 100 << 20, 'x86-dirty-32m.img': 32 << 20,
@@ -41,6 +42,12 @@ class Guest(QEMUMachine):
 
     ram_path = None     # dirty_guest(shared_ram=True): RAM file
     _ram = None
+
+    def share_ram(self):
+        """Name this guest's RAM file in /dev/shm (tmpfs: a file on disk
+        would be written back) and return its path."""
+        self.ram_path = os.path.join('/dev/shm', os.path.basename(self.tmpdir))
+        return self.ram_path
 
     def ram(self):
         """The guest's RAM file, mapped read-only: guest-physical address
@@ -107,9 +114,8 @@ def dirty_guest(image='x86-dirty.img', flavour='ferry', name='src',
     ram = []
     g = Guest(flavour, 'x86_64', name, accel=accel)
     if shared_ram:
-        g.ram_path = os.path.join('/dev/shm', os.path.basename(g.tmpdir))
         ram = ['-object', 'memory-backend-file,id=ferry-ram,size=%s,'
-               'mem-path=%s,share=on' % (mem, g.ram_path)]
+               'mem-path=%s,share=on' % (mem, g.share_ram())]
         machine += ',memory-backend=ferry-ram'
     g.add_args('-machine', machine, '-m', mem, *smp, *ram,
                '-drive', 'file=%s,format=raw,if=ide,snapshot=on'
@@ -124,8 +130,8 @@ def dirty_pages(guest):
     return page_bytes(guest.read_memory(DIRTY_START, size), base=DIRTY_START)
 
 
-def pass_counter(guest):
-    return int.from_bytes(guest.read_memory(PASS_COUNTER, 4), 'little')
+def pass_counter(guest, counter=PASS_COUNTER):
+    return int.from_bytes(guest.read_memory(counter, 4), 'little')
 
 
 def incoming(like, flavour='ferry', name='dst', port=None):
@@ -135,8 +141,8 @@ def incoming(like, flavour='ferry', name='dst', port=None):
     dst._args = list(like._args)  # same devices; the serial file is dst's own
     dst._args[dst._args.index('-serial') + 1] = 'file:' + dst.serial_path
     if like.ram_path:
-        dst.ram_path = os.path.join('/dev/shm', os.path.basename(dst.tmpdir))
-        dst._args = [a.replace(like.ram_path, dst.ram_path) for a in dst._args]
+        dst._args = [a.replace(like.ram_path, dst.share_ram())
+                     for a in dst._args]
     dst.add_args('-incoming', 'tcp:127.0.0.1:%d' % port)
     dst.dirty_end = getattr(like, 'dirty_end', None)
     dst.uri = 'tcp:127.0.0.1:%d' % port
@@ -171,21 +177,25 @@ def shared_progress_sample(guest, counter, start, end):
     pages' bytes read "pass + 1" up to the writer's position, so a
     binary search finds it; a pass that ends meanwhile is retried."""
     ram = guest.ram()
-    npages = (end - start) // 4096
+    npages = (end - start) // PAGE
+
+    def passes_now():
+        return int.from_bytes(ram[counter:counter + 4], 'little')
+
     for _ in range(100):
-        passes = int.from_bytes(ram[counter:counter + 4], 'little')
+        passes = passes_now()
         ahead = (passes + 1) & 0xff
         t0 = time.monotonic()
         low, high = 0, npages
         while low < high:
             mid = (low + high) // 2
-            if ram[start + mid * 4096] == ahead:
+            if ram[start + mid * PAGE] == ahead:
                 low = mid + 1
             else:
                 high = mid
         t1 = time.monotonic()
-        if int.from_bytes(ram[counter:counter + 4], 'little') == passes:
-            return (t0 + t1) / 2, (passes * npages + low) * 4096
+        if passes_now() == passes:
+            return (t0 + t1) / 2, (passes * npages + low) * PAGE
     raise AssertionError('%s: a pass ended during each of 100 samples'
                          % guest._name)
 
@@ -204,16 +214,16 @@ def progress_sample(guest, counter, start, end):
     the BQL for its 150 ms; a guest with shared RAM is read without it."""
     if guest.ram_path:
         return shared_progress_sample(guest, counter, start, end)
-    passes = int.from_bytes(guest.read_memory(counter, 4), 'little')
+    passes = pass_counter(guest, counter)
     data, t0, t1 = guest.read_memory_timed(start, end - start)
     values = page_bytes(data, start=start, base=start)
     t2 = time.monotonic()
-    after = int.from_bytes(guest.read_memory(counter, 4), 'little')
+    after = pass_counter(guest, counter)
     if after != passes:
-        return (t2 + time.monotonic()) / 2, after * len(values) * 4096
+        return (t2 + time.monotonic()) / 2, after * len(values) * PAGE
     written = pages_written(values, passes)
     position = (written - passes * len(values)) / len(values)
-    return t0 + (t1 - t0) * position, written * 4096
+    return t0 + (t1 - t0) * position, written * PAGE
 
 
 def guest_progress(guest):
