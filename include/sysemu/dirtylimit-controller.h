@@ -62,8 +62,11 @@
 /*
  * Burst: the most credit a vCPU can keep between two charges is the larger
  * of DIRTYLIMIT_BURST_NS worth of its allowance and DIRTYLIMIT_BURST_MIN.
+ * It is what a vCPU can make up for after the host stopped it (steal
+ * time, tens of milliseconds on a cloud VM): credit beyond it is lost,
+ * and the average falls short of the quota by that much.
  */
-#define DIRTYLIMIT_BURST_NS             (20 * 1000 * 1000LL)
+#define DIRTYLIMIT_BURST_NS             (100 * 1000 * 1000LL)
 #define DIRTYLIMIT_BURST_MIN            (256 * 1024)
 
 /* Bounds of the feedback trim. */

@@ -9,9 +9,12 @@ neither livelock nor lose pages on it.  Under TCG, Ferry counts each
 limited vCPU's writes in TCG's write path (softmmu/dirtylimit-tcg.c).
 """
 
+import contextlib
 import os
+import signal
 import statistics
 import tempfile
+import threading
 import time
 import unittest
 import warnings
@@ -41,6 +44,29 @@ def retry_once(check, prepare_retry, *args):
                       % first)
         prepare_retry()
         check(*args)
+
+
+@contextlib.contextmanager
+def host_stalls(vm, stall, every):
+    """Stop VM's QEMU for STALL seconds at the start of every EVERY, as
+    this cloud VM's hypervisor does now and then to all of it (steal
+    time); the guest is read from shared RAM meanwhile."""
+    done = threading.Event()
+
+    def stall_now_and_then():
+        while not done.is_set():
+            os.kill(vm.get_pid(), signal.SIGSTOP)
+            time.sleep(stall)
+            os.kill(vm.get_pid(), signal.SIGCONT)
+            done.wait(every - stall)
+
+    thread = threading.Thread(target=stall_now_and_then)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def within(measured, quota):
@@ -129,6 +155,23 @@ class DirtyLimitHolds:
                 self.skipTest('guest slowed to %.0f MB/s while counted here '
                               'after: %s' % (counted, failure))
             raise
+
+    def check_holds_through_stalls(self, quota):
+        with host_stalls(self.vm, 0.04, 0.2):
+            self.limit(quota)
+            time.sleep(3)
+            held = guest_rate(self.vm, 10)
+        self.assertTrue(within(held, quota), 'quota %d MB/s, guest dirtied '
+                        '%.2f MB/s while QEMU was stopped 40 ms of every 200'
+                        % (quota, held))
+
+    def test_holds_100MBps_through_host_stalls(self):
+        # A vCPU that can go faster than its quota makes up for the time
+        # the host took away, so the average holds: credit for a stall
+        # shorter than the burst (100 ms of quota) is kept.  With a 20 ms
+        # burst, TCG held 100 MB/s at 91 here (KVM's coarser harvests
+        # hid it at 100 MB/s, but held 1000 MB/s at 901).
+        self.retry_once(self.check_holds_through_stalls, 100)
 
     def test_quota_change_reconverges(self):
         self.retry_once(self.check_quota_change)
@@ -231,7 +274,11 @@ class TwoVcpusChecks:
         free0 = statistics.median(r[0] for r in free)
         free1 = statistics.median(r[1] for r in free)
         cpu0 = statistics.median(r[0] for r in held)
-        cpu1 = statistics.median(r[1] for r in held)
+        # vCPU 1's accuracy is its average over all 12 s it was held, as
+        # SPEC measures it: at 10 MB/s it dirties in batches of a few MB
+        # (whatever it writes between two harvests), so one 4 s window
+        # may hold a batch more or less than the next.
+        cpu1 = statistics.fmean(r[1] for r in held)
         self.assertTrue(abs(cpu1 - quota) <=
                         max(self.vcpu1_tolerance * quota, 1.0),
                         'vCPU 1 dirtied %.2f MB/s (free %.0f, vCPU 0 %.0f -> '

@@ -54,6 +54,8 @@ typedef struct SimConfig {
     double sleep_scale;         /* the vCPU sleeps this x what it is told */
     int64_t sleep_extra_ns;     /* ... plus this */
     bool no_wakeup;             /* it runs without asking wakeup() */
+    int64_t stall_ns;           /* the host stops the vCPU this long ... */
+    int64_t stall_every_ns;     /* ... at the start of every such interval */
 } SimConfig;
 
 typedef struct Sim {
@@ -182,19 +184,42 @@ static void sim_feedback(Sim *s)
     s->next_feedback += s->cfg.period_ns;
 }
 
+/*
+ * The host's stall (steal time) that covers @now, if any: returns when it
+ * ends, else 0 and sets *next to when the next one starts.
+ */
+static int64_t sim_stall_end(const Sim *s, int64_t now, int64_t *next)
+{
+    int64_t start = now - now % s->cfg.stall_every_ns;
+
+    if (now < start + s->cfg.stall_ns) {
+        return start + s->cfg.stall_ns;
+    }
+    *next = start + s->cfg.stall_every_ns;
+    return 0;
+}
+
 /* Advance the simulation to @end, event by event. */
 static void sim_run_until(Sim *s, int64_t end)
 {
     while (s->now < end) {
         bool running = s->now >= s->wake;
+        bool stalled = false;
         int64_t t = MIN(end, s->next_feedback);
 
         if (s->cfg.noise > 0) {
             t = MIN(t, s->next_noise);
         }
-        if (!running) {
-            t = MIN(t, s->wake);
-        } else {
+        if (s->cfg.stall_ns) {
+            int64_t next_stall = 0;
+            int64_t stall_end = sim_stall_end(s, s->now, &next_stall);
+
+            /* Stalled: nothing runs, not even a wake-up, until it ends. */
+            stalled = stall_end != 0;
+            running = running && !stalled;
+            t = MIN(t, stalled ? stall_end : next_stall);
+        }
+        if (running) {
             if (s->cfg.kick_ns) {
                 if (s->next_kick <= s->now) {
                     /* Kicks that came while it slept found nothing. */
@@ -209,6 +234,8 @@ static void sim_run_until(Sim *s, int64_t end)
 
                 t = MIN(t, s->now + (int64_t)ceil(dt));
             }
+        } else if (!stalled) {
+            t = MIN(t, s->wake);
         }
 
         if (running && t > s->now) {
@@ -219,8 +246,13 @@ static void sim_run_until(Sim *s, int64_t end)
             s->period_dirtied += bytes;
         }
         s->now = t;
+        if (stalled) {
+            int64_t next_stall;
 
-        if (s->sleeping && s->now >= s->wake) {
+            stalled = sim_stall_end(s, s->now, &next_stall) != 0;
+        }
+
+        if (s->sleeping && s->now >= s->wake && !stalled) {
             s->sleeping = false;
             if (!s->cfg.no_wakeup) {
                 sim_sleep(s, dirtylimit_controller_wakeup(&s->ctl, s->now));
@@ -312,10 +344,13 @@ static double check_holds_q(const SimConfig *cfg, double quota_mbps,
                       tolerance(q) + (quantised ? s.max_batch / 10.0 : 0));
     g_assert_cmpuint(s.bad_sleeps, ==, 0);
 
-    /* It stays settled: progress never strays far from the quota line. */
+    /*
+     * It stays settled: progress never strays far from the quota line,
+     * nor further behind it than one host stall puts it.
+     */
     dev = sim_max_deviation(&s, 13 * SEC, 18 * SEC, q);
     g_assert_cmpfloat(dev, <=, 2.0 * s.max_batch + 2 * s.ctl.burst +
-                      q * 2 * KICK_NS / SEC);
+                      q * (2 * KICK_NS + cfg->stall_ns) / SEC);
     if (trim) {
         *trim = dirtylimit_controller_trim(&s.ctl);
     }
@@ -481,6 +516,35 @@ static void test_sleep_jitter(void)
                                "%" PRId64 " ms%s", jitter[k].scale,
                                jitter[k].extra / MS,
                                jitter[k].no_wakeup ? ", no wakeup()" : "");
+                check_holds(&cfg, quotas[q]);
+            }
+        }
+    }
+}
+
+/*
+ * The host stops the vCPU now and then (steal time: a 2-core cloud VM here
+ * lost 20 ms and more at a time).  A vCPU that can go faster than its
+ * quota must make up for a stall once it runs again, so the average holds;
+ * the burst is what lets it bank the credit of the stalled time.
+ */
+static void test_host_stalls(void)
+{
+    static const double quotas[] = { 10, 100, 1000 };
+    static const int64_t stalls[] = { 5 * MS, 20 * MS, 40 * MS, 80 * MS };
+    unsigned q, r, k;
+
+    for (q = 0; q < G_N_ELEMENTS(quotas); q++) {
+        for (r = 0; r < G_N_ELEMENTS(rings); r++) {
+            for (k = 0; k < G_N_ELEMENTS(stalls); k++) {
+                /* 20% stolen, and the rest runs 1.5x the quota. */
+                SimConfig cfg = sim_config(quotas[q] * 1.5 / 0.8, rings[r],
+                                           1000 * MS);
+
+                cfg.stall_ns = stalls[k];
+                cfg.stall_every_ns = 5 * stalls[k];
+                g_test_message("stopped %" PRId64 " ms of every %" PRId64,
+                               stalls[k] / MS, 5 * stalls[k] / MS);
                 check_holds(&cfg, quotas[q]);
             }
         }
@@ -783,7 +847,8 @@ static void test_early_charge(void)
     int64_t s1, s2;
 
     dirtylimit_controller_init(&c, 10 * DIRTYLIMIT_BYTES_PER_MB, 0);
-    s1 = dirtylimit_controller_charge(&c, DIRTYLIMIT_BURST_MIN +
+    /* The initial burst of credit, then 1 MB: 100 ms at 10 MB/s. */
+    s1 = dirtylimit_controller_charge(&c, (uint64_t)c.burst +
                                       DIRTYLIMIT_BYTES_PER_MB, 0);
     g_assert_cmpint(s1, ==, 100 * MS);
     /* Woken at half time, one more MB: the other half plus 100 ms. */
@@ -850,6 +915,7 @@ int main(int argc, char **argv)
     g_test_add_func("/dirtylimit/controller/short-period",
                     test_short_period);
     g_test_add_func("/dirtylimit/controller/step-change", test_step_change);
+    g_test_add_func("/dirtylimit/controller/host-stalls", test_host_stalls);
     g_test_add_func("/dirtylimit/controller/cancel", test_cancel);
     g_test_add_func("/dirtylimit/controller/idle-never-sleeps", test_idle);
     g_test_add_func("/dirtylimit/controller/below-quota-never-sleeps",
