@@ -28,22 +28,27 @@ from ferry.migrate import (check_destination, set_caps, set_params,
 
 KVM = env.kvm_usable()
 SKIP_KVM = 'needs a usable /dev/kvm (dirty ring); this host has none'
+ATTEMPTS = 3
 QERR_RING = ("dirty page limit feature requires KVM with accelerator "
              "property 'dirty-ring-size' set'")
 
 
-def retry_once(check, prepare_retry, *args):
-    """Rate measurements on this shared, noisy PVM host are retried once,
-    after PREPARE_RETRY (a fresh guest); a real regression fails both
-    attempts.  The first failure is a warning, so pytest's summary shows
-    it."""
-    try:
-        check(*args)
-    except AssertionError as first:
-        warnings.warn('FIRST ATTEMPT FAILED, retrying on a fresh guest: %s'
-                      % first)
-        prepare_retry()
-        check(*args)
+def retry_on_noise(check, prepare_retry, *args):
+    """Rate measurements on this shared, noisy PVM host get up to
+    ATTEMPTS tries, each after PREPARE_RETRY (a fresh guest); a real
+    regression fails every one.  Host slow phases last minutes (CI saw
+    two attempts in a row fail together, then the next test pass), so
+    two tries were not enough.  Each failure is a warning, so pytest's
+    summary shows it."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return check(*args)
+        except AssertionError as failure:
+            if attempt == ATTEMPTS:
+                raise
+            warnings.warn('ATTEMPT %d FAILED, retrying on a fresh guest: %s'
+                          % (attempt, failure))
+            prepare_retry()
 
 
 @contextlib.contextmanager
@@ -94,11 +99,11 @@ class DirtyLimitHolds:
         self.addCleanup(self.vm.shutdown, hard=True)
         self.vm.wait_serial('FP', timeout=60)
 
-    def retry_once(self, check, *args):
+    def retry_on_noise(self, check, *args):
         def fresh_guest():
             self.vm.shutdown(hard=True)
             self.boot()
-        retry_once(check, fresh_guest, *args)
+        retry_on_noise(check, fresh_guest, *args)
 
     def limit(self, rate, **kw):
         self.vm.command('set-vcpu-dirty-limit', dirty_rate=rate, **kw)
@@ -132,10 +137,10 @@ class DirtyLimitHolds:
         self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
 
     def test_holds_10MBps(self):
-        self.retry_once(self.check_holds, 10)
+        self.retry_on_noise(self.check_holds, 10)
 
     def test_holds_100MBps(self):
-        self.retry_once(self.check_holds, 100)
+        self.retry_on_noise(self.check_holds, 100)
 
     def test_holds_1000MBps(self):
         # A quota is only testable well below what the guest reaches
@@ -145,7 +150,7 @@ class DirtyLimitHolds:
             self.skipTest('guest dirties only %.0f MB/s while counted here'
                           % counted)
         try:
-            self.retry_once(self.check_holds, 1000)
+            self.retry_on_noise(self.check_holds, 1000)
         except AssertionError as failure:
             # The shared host may have slowed down since (CI once saw the
             # guest fall from over 1500 to 1169 MB/s within minutes);
@@ -171,10 +176,10 @@ class DirtyLimitHolds:
         # shorter than the burst (100 ms of quota) is kept.  With a 20 ms
         # burst, TCG held 100 MB/s at 91 here (KVM's coarser harvests
         # hid it at 100 MB/s, but held 1000 MB/s at 901).
-        self.retry_once(self.check_holds_through_stalls, 100)
+        self.retry_on_noise(self.check_holds_through_stalls, 100)
 
     def test_quota_change_reconverges(self):
-        self.retry_once(self.check_quota_change)
+        self.retry_on_noise(self.check_quota_change)
 
     def check_quota_change(self):
         self.limit(100)
@@ -246,10 +251,10 @@ class TwoVcpusChecks:
             vm.shutdown(hard=True)
 
     def test_limit_on_vcpu1_spares_vcpu0(self):
-        retry_once(self.check_spares, lambda: None, 10)
+        retry_on_noise(self.check_spares, lambda: None, 10)
 
     def test_100MBps_on_vcpu1_spares_vcpu0(self):
-        retry_once(self.check_spares, lambda: None, 100)
+        retry_on_noise(self.check_spares, lambda: None, 100)
 
     def measure_spares(self, vm, quota):
         vm.wait_serial('Q', timeout=60)
