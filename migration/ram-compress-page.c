@@ -7,36 +7,17 @@
  *
  * Owns the page and record layout and the strictness of decoding: a
  * record must inflate to exactly one page, with nothing after its zlib
- * stream.  No allocation: the caller's compressor and inflate stream
- * are reused, not rebuilt.
- *
- * Pages are compressed with libdeflate, which writes the same zlib
- * format as zlib's deflate() twice as fast on RAM pages (it compresses a
- * whole buffer at once, with no streaming state to carry); any zlib
- * inflates its output, stock QEMU's included.  Pages are inflated with
- * zlib, whose diagnostics the errors quote.
+ * stream.  No allocation: the caller's streams are reset, not rebuilt.
  */
 
 #include "qemu/osdep.h"
 #include "qemu/bswap.h"
 #include "ram-compress-page.h"
 
-/*
- * Room for one page's zlib stream.  libdeflate wants its own worst case,
- * a few bytes more than compressBound(), as room to write into (it pads
- * its bit writer); what it writes is never longer than compressBound(),
- * as it falls back to stored blocks.
- */
-static size_t ram_compress_room(size_t page_size)
-{
-    return MAX(compressBound(page_size),
-               libdeflate_zlib_compress_bound(NULL, page_size));
-}
-
 size_t ram_compress_record_max(size_t page_size)
 {
     return RAM_COMPRESS_HEADER_BYTES + RAM_COMPRESS_LENGTH_BYTES +
-           ram_compress_room(page_size);
+           compressBound(page_size);
 }
 
 size_t ram_compress_zero_record(uint8_t *out, uint64_t offset)
@@ -46,22 +27,28 @@ size_t ram_compress_zero_record(uint8_t *out, uint64_t offset)
     return RAM_COMPRESS_ZERO_BYTES;
 }
 
-int ram_compress_page_record(struct libdeflate_compressor *compressor,
-                             uint8_t *out, uint64_t offset,
+int ram_compress_page_record(z_stream *stream, uint8_t *out, uint64_t offset,
                              const uint8_t *page, size_t page_size)
 {
     size_t prefix = RAM_COMPRESS_HEADER_BYTES + RAM_COMPRESS_LENGTH_BYTES;
-    size_t len;
+    size_t bound = compressBound(page_size);
+    int err = deflateReset(stream);
 
-    len = libdeflate_zlib_compress(compressor, page, page_size, out + prefix,
-                                   ram_compress_room(page_size));
-    /* The destination refuses more than compressBound() */
-    if (!len || len > compressBound(page_size)) {
-        return -ENOSPC;
+    if (err != Z_OK) {
+        return err;
+    }
+    stream->next_in = (Bytef *)page;
+    stream->avail_in = page_size;
+    stream->next_out = out + prefix;
+    stream->avail_out = bound;
+    err = deflate(stream, Z_FINISH);
+    if (err != Z_STREAM_END) {
+        /* compressBound() leaves room, so Z_OK cannot happen; be safe */
+        return err < 0 ? err : Z_BUF_ERROR;
     }
     stq_be_p(out, offset | RAM_COMPRESS_FLAG_PAGE | RAM_COMPRESS_FLAG_CONTINUE);
-    stl_be_p(out + RAM_COMPRESS_HEADER_BYTES, len);
-    return prefix + len;
+    stl_be_p(out + RAM_COMPRESS_HEADER_BYTES, bound - stream->avail_out);
+    return prefix + bound - stream->avail_out;
 }
 
 const char *ram_decompress_one(z_stream *stream, uint8_t *dest,

@@ -5,7 +5,7 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * Pure functions over zlib and libdeflate, shared by the compression threads
+ * Pure functions over zlib, shared by the compression threads
  * (ram-compress.c), their unit tests and the decompression fuzzer.  The
  * format is QEMU 7.2's, so stock and Ferry migrate to each other:
  *
@@ -22,7 +22,6 @@
 #define MIGRATION_RAM_COMPRESS_PAGE_H
 
 #include <zlib.h>
-#include <libdeflate.h>
 
 /* Flags of the be64 page header: ram.c's RAM_SAVE_FLAG_* values. */
 #define RAM_COMPRESS_FLAG_ZERO      0x02
@@ -40,14 +39,12 @@ size_t ram_compress_record_max(size_t page_size);
 size_t ram_compress_zero_record(uint8_t *out, uint64_t offset);
 
 /*
- * ram_compress_page_record: compress the @page_size bytes at @page with
- * @compressor (libdeflate_alloc_compressor(level)) into a compressed-page
- * record for @offset at @out, which has ram_compress_record_max() bytes.
- * Returns the record's length, or -ENOSPC if the zlib stream would be
- * longer than compressBound(@page_size), which libdeflate never writes.
+ * ram_compress_page_record: deflate the @page_size bytes at @page with
+ * @stream (deflateInit done) into a compressed-page record for @offset
+ * at @out, which has ram_compress_record_max() bytes.  Returns the
+ * record's length, or a negative zlib error.
  */
-int ram_compress_page_record(struct libdeflate_compressor *compressor,
-                             uint8_t *out, uint64_t offset,
+int ram_compress_page_record(z_stream *stream, uint8_t *out, uint64_t offset,
                              const uint8_t *page, size_t page_size);
 
 /*

@@ -8,9 +8,8 @@
  * Save side: the migration thread queues pages in batches and hands each
  * full batch to whichever worker is idle.  A worker copies each page of
  * its batch to a private buffer (a vCPU may write the page meanwhile),
- * sends it as a zero page if it is one, else compresses it with the
- * libdeflate compressor it keeps for the whole migration (to the zlib
- * format, so any QEMU can inflate it), and leaves the finished
+ * sends it as a zero page if it is one, else deflates it with the zlib
+ * stream it keeps for the whole migration, and leaves the finished
  * records in the batch's output buffer.  The migration thread copies
  * them to the stream when it hands that worker its next batch, or on a
  * flush.
@@ -143,13 +142,13 @@ typedef struct PageBatch {
     uint8_t *out;
     size_t out_len;
     RamCompressSent sent;
-    int compress_error;
+    int deflate_error;
 } PageBatch;
 
 typedef struct SaveWorker {
     Worker w;
     PageBatch *work;        /* the worker's while busy, then its result */
-    struct libdeflate_compressor *compressor;   /* its own, like page */
+    z_stream stream;        /* the worker's own, like page */
     uint8_t *page;
 } SaveWorker;
 
@@ -179,10 +178,10 @@ static void save_run_batch(Worker *w)
             sent.zero_pages++;
             continue;
         }
-        len = ram_compress_page_record(sw->compressor, out, batch->offset[i],
+        len = ram_compress_page_record(&sw->stream, out, batch->offset[i],
                                        sw->page, save.page_size);
         if (len < 0) {
-            batch->compress_error = len;
+            batch->deflate_error = len;
             break;
         }
         out += len;
@@ -198,11 +197,11 @@ static void save_run_batch(Worker *w)
 /* Copy the records of a batch a worker finished to @f; empty it. */
 static void save_collect(QEMUFile *f, PageBatch *batch, RamCompressSent *sent)
 {
-    if (batch->compress_error) {
-        error_report("Compression of a page failed: %s",
-                     strerror(-batch->compress_error));
+    if (batch->deflate_error) {
+        error_report("Compression of a page failed: zlib error %d",
+                     batch->deflate_error);
         qemu_file_set_error(f, -EIO);
-        batch->compress_error = 0;
+        batch->deflate_error = 0;
     }
     qemu_put_buffer(f, batch->out, batch->out_len);
     sent->bytes += batch->sent.bytes;
@@ -295,7 +294,7 @@ void ram_compress_save_cleanup(void)
         SaveWorker *sw = &save.workers[i];
 
         worker_stop(&sw->w);
-        libdeflate_free_compressor(sw->compressor);
+        deflateEnd(&sw->stream);
         g_free(sw->page);
     }
     for (i = 0; i < save.batch_count; i++) {
@@ -327,10 +326,9 @@ int ram_compress_save_setup(int threads, int level, size_t page_size)
     for (i = 0; i < threads; i++) {
         SaveWorker *sw = &save.workers[i];
 
-        sw->compressor = libdeflate_alloc_compressor(level);
-        if (!sw->compressor) {
-            error_report("Compression setup failed: no compressor for "
-                         "level %d", level);
+        if (deflateInit(&sw->stream, level) != Z_OK) {
+            error_report("Compression setup failed: deflateInit at level %d",
+                         level);
             ram_compress_save_cleanup();
             return -1;
         }
