@@ -22,9 +22,20 @@
  * move is its reset index, and no slot KVM has yet to push is ever handed
  * back.
  *
+ * The same stuck reset index also outlives an overrun that a harvest did
+ * not notice: when the ring wraps over entries nobody harvested, the next
+ * harvest collects the new entries in their place and KVM resets a whole
+ * lap, up to the overwritten slots, which it still counts as pushed.
+ * Every later reset stops there, so harvesting frees nothing until the
+ * ring is full again, and with PVM's overshoot each lap overruns anew: the
+ * vCPU exits ring-full once per lap however often it is harvested.  A
+ * reset that frees fewer entries than were just collected reveals it.
+ *
  * These helpers work on one ring at a time; the vCPU may be running, as
  * KVM pushes entries in order and a run is only skipped when the slot at
- * the fetch index is still empty after a later slot was seen dirty.  They
+ * the fetch index is still empty after a later slot was seen dirty, and
+ * the slots handed back to a stuck reset index lie behind the fetch index,
+ * where KVM pushes again only a whole lap later.  They
  * do not touch KVM or QEMU state, so the walk can be unit-tested over a
  * fake ring; the caller (accel/kvm/kvm-all.c) resets the ring and,
  * because the skipped entries named pages that were dirtied, marks all
@@ -113,10 +124,10 @@ uint32_t kvm_dirty_ring_unstick_reset(struct kvm_dirty_gfn *gfns,
            gfn_flags(&gfns[start & (size - 1)]) == KVM_DIRTY_GFN_F_RESET) {
         struct kvm_dirty_gfn *gfn = &gfns[(start - handed - 1) & (size - 1)];
 
-        if (gfn_flags(gfn)) {
+        /* A slot that KVM pushes meanwhile is not handed back. */
+        if (qatomic_cmpxchg(&gfn->flags, 0, KVM_DIRTY_GFN_F_RESET)) {
             break;
         }
-        qatomic_store_release(&gfn->flags, KVM_DIRTY_GFN_F_RESET);
         handed++;
         reset(opaque);
     }

@@ -33,14 +33,15 @@ uint32_t kvm_dirty_ring_skip_lost(struct kvm_dirty_gfn *gfns, uint32_t size,
 /**
  * kvm_dirty_ring_unstick_reset: move KVM's reset index past the empty
  * slots an overrun left behind the collected run
- * @gfns: a vCPU's dirty ring, quiescent (its vCPU outside KVM_RUN)
+ * @gfns: a vCPU's dirty ring, just harvested (its vCPU may be running)
  * @size: number of entries in the ring
  * @fetch: userspace's fetch index
  * @reset: issues KVM_RESET_DIRTY_RINGS
  * @opaque: passed to @reset
  *
  * Called when a full ring has nothing to harvest and no lost run at
- * @fetch.  Resets the rings; if a collected run, nearest at or after
+ * @fetch, or when a reset freed fewer entries than were collected.
+ * Resets the rings; if a collected run, nearest at or after
  * @fetch, still follows an empty slot, KVM's reset index is stuck in the
  * empty run in front of it: hands those empty slots back as collected,
  * nearest first, resetting after each, until the run is reset.  The first

@@ -5,8 +5,9 @@
  * KVM leaves them in: consistent rings must never be touched, and an
  * overrun ring must have exactly its empty run at the fetch index handed
  * back as collected.  A fake KVM reset index (the kernel's
- * kvm_dirty_ring_reset() loop) checks that a stuck reset is moved on
- * without ever handing back a slot beyond it.
+ * kvm_dirty_ring_reset() loop) checks that a stuck reset is moved on,
+ * whether the harvest behind it ended at a full ring or while the vCPU
+ * goes on pushing, without ever handing back a slot beyond it.
  *
  * Copyright (c) 2026 The Ferry developers
  *
@@ -119,6 +120,28 @@ static void test_stuck_reset_is_moved_on(void)
     }
 }
 
+static void test_stuck_reset_behind_running_vcpu(void)
+{
+    uint32_t i;
+
+    /*
+     * As traced on PVM after an unnoticed overrun: KVM reset a whole lap
+     * and stopped at 10, on 13 slots it had emptied itself; the harvest
+     * since collected 23..40 and the running vCPU has pushed 41..45.
+     */
+    memset(ring, 0, sizeof(ring));
+    kvm_reset_index = 10;
+    fill(23, 18, KVM_DIRTY_GFN_F_RESET);
+    fill(41, 5, KVM_DIRTY_GFN_F_DIRTY);
+    g_assert_cmpuint(kvm_dirty_ring_unstick_reset(ring, RING_SIZE, 41,
+                                                  fake_kvm_reset, NULL),
+                     ==, 13);
+    g_assert_cmpuint(kvm_reset_index, ==, 41);
+    for (i = 41; i < 46; i++) {
+        g_assert_cmpuint(ring[i].flags, ==, KVM_DIRTY_GFN_F_DIRTY);
+    }
+}
+
 static void test_stuck_reset_wraps(void)
 {
     memset(ring, 0, sizeof(ring));
@@ -194,6 +217,8 @@ int main(int argc, char **argv)
                     test_collected_slots_are_not_dirty);
     g_test_add_func("/kvm/dirty-ring/stuck-reset-moved-on",
                     test_stuck_reset_is_moved_on);
+    g_test_add_func("/kvm/dirty-ring/stuck-reset-behind-running-vcpu",
+                    test_stuck_reset_behind_running_vcpu);
     g_test_add_func("/kvm/dirty-ring/stuck-reset-wraps",
                     test_stuck_reset_wraps);
     g_test_add_func("/kvm/dirty-ring/stuck-reset-ahead-of-fetch",
