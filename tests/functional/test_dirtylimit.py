@@ -459,6 +459,21 @@ class MigrationChecks:
         self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
         self.assertGreater(guest_rate(src, 1), 100)
 
+    def test_failure_releases_limits_and_source_runs_free(self):
+        src, dst = self.pair()
+        set_caps(src, dirty_limit=True)
+        set_params(src, vcpu_dirty_limit=5)
+        src.command('migrate', uri=dst.uri)
+        deadline = time.monotonic() + 90
+        while not src.command('query-vcpu-dirty-limit'):
+            self.assertLess(time.monotonic(), deadline, 'limit never engaged')
+            time.sleep(0.2)
+        dst.kill()
+        self.assertEqual(wait_migration(src, timeout=60)['status'], 'failed')
+        self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
+        self.assertEqual(src.command('query-status')['status'], 'running')
+        self.assertGreater(guest_rate(src, 1), 100)
+
     def test_without_throttling_never_converges(self):
         src, dst = self.pair()
         src.command('migrate', uri=dst.uri)
