@@ -219,6 +219,11 @@ class DirtyLimitHolds:
             served = [l for l in f if 'dirtylimit_vcpu_execute' in l]
         self.assertEqual(served, [], 'penalised under a %d MB/s quota while '
                          'dirtying %.0f MB/s' % (quota, limited))
+        # The host's speed can drop between the two measurements (CI saw
+        # 3321 MB/s counted, then 2071 limited, with no penalty served):
+        # measure the counted rate again and compare with the slower one.
+        if limited <= 0.7 * counted:
+            counted = min(counted, self.counted_rate())
         self.assertGreater(limited, 0.7 * counted)
 
     def test_hmp_commands(self):
