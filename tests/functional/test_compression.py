@@ -22,7 +22,8 @@ from ferry.machine import (Guest, dirty_guest, free_port, incoming,
 from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
                            check_source_alive, kill_destination_midway,
                            memory_matches, set_caps,
-                           set_params, start_destination, start_dirty_source)
+                           set_params, start_destination, start_dirty_source,
+                           wait_loaded)
 from ferry import stream
 from ferry.ram_image import anonymous_ram, file_backed_ram, make_image
 
@@ -99,14 +100,6 @@ def file_destination(like, path, flavour='ferry', name='dst', compress=True,
         enable_compression(dst)
     dst.command('migrate-incoming', uri='exec:cat %s' % path)
     return dst
-
-
-def wait_loaded(dst, timeout=60):
-    deadline = time.monotonic() + timeout
-    while dst.command('query-status')['status'] == 'inmigrate':
-        if time.monotonic() > deadline:
-            raise AssertionError('destination still loading')
-        time.sleep(0.1)
 
 
 def wait_passes(src, syncs, timeout=120):

@@ -93,11 +93,24 @@ def memory_matches(src, dst, chunk=16 << 20, ignore=()):
     return None
 
 
+def wait_loaded(dst, timeout=60):
+    """Wait until DST has loaded the whole stream: the source reports
+    'completed' once it has sent the last byte, while the destination may
+    still be loading (stock 7.2 decompresses in threads), and reading its
+    RAM then finds the last pages old."""
+    deadline = time.monotonic() + timeout
+    while dst.command('query-status')['status'] == 'inmigrate':
+        if time.monotonic() > deadline:
+            raise AssertionError('destination still loading')
+        time.sleep(0.1)
+
+
 def check_destination(test, src, dst):
     """The checks every completed migration of the dirty guest must pass:
     the destination's RAM is the source's final RAM byte for byte, the
     pattern is intact, and the guest runs on after 'cont'."""
     test.assertEqual(src.command('query-status')['status'], 'postmigrate')
+    wait_loaded(dst)
     ignore = [KVMCLOCK_FIRMWARE_AREA] if 'kvm' in src.accel else []
     test.assertIsNone(memory_matches(src, dst, ignore=ignore),
                       'destination RAM differs')
