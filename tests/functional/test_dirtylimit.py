@@ -448,7 +448,8 @@ class MigrationChecks:
         self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
         check_destination(self, src, dst)
 
-    def test_cancel_releases_limits_and_source_runs_free(self):
+    def migrate_until_limited(self):
+        """Start a dirty-limited migration; return once it limits."""
         src, dst = self.pair()
         set_caps(src, dirty_limit=True)
         set_params(src, vcpu_dirty_limit=5)
@@ -457,6 +458,10 @@ class MigrationChecks:
         while not src.command('query-vcpu-dirty-limit'):
             self.assertLess(time.monotonic(), deadline, 'limit never engaged')
             time.sleep(0.2)
+        return src, dst
+
+    def test_cancel_releases_limits_and_source_runs_free(self):
+        src, dst = self.migrate_until_limited()
         err = src.qmp('cancel-vcpu-dirty-limit')
         self.assertIn('migration is running', err['error']['desc'])
         src.command('migrate_cancel')
@@ -465,14 +470,7 @@ class MigrationChecks:
         self.assertGreater(guest_rate(src, 1), 100)
 
     def test_failure_releases_limits_and_source_runs_free(self):
-        src, dst = self.pair()
-        set_caps(src, dirty_limit=True)
-        set_params(src, vcpu_dirty_limit=5)
-        src.command('migrate', uri=dst.uri)
-        deadline = time.monotonic() + 90
-        while not src.command('query-vcpu-dirty-limit'):
-            self.assertLess(time.monotonic(), deadline, 'limit never engaged')
-            time.sleep(0.2)
+        src, dst = self.migrate_until_limited()
         dst.kill()
         self.assertEqual(wait_migration(src, timeout=60)['status'], 'failed')
         self.assertEqual(src.command('query-vcpu-dirty-limit'), [])
