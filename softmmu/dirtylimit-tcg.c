@@ -21,6 +21,16 @@
  * migration or display still need.  The bitmap is global: a page that
  * two limited vCPUs write in one epoch is counted for the first.
  *
+ * calc-dirty-rate's dirty-ring and dirty-bitmap modes measure with the
+ * same counts (dirtylimit_tcg_measure_start()): for the measurement
+ * every vCPU traps, not only the limited ones, and a thread of its own
+ * starts the epochs (1 ms ones) while no dirty limit's controller does.  The
+ * dirty-ring mode reads each vCPU's CPUState::dirty_pages, as it does
+ * under KVM; the dirty-bitmap mode counts the pages written at least once
+ * during the measurement in a window bitmap.  A limited vCPU is counted
+ * and charged exactly as without the measurement: the epochs are the
+ * controller's whenever it runs.
+ *
  * Copyright (c) 2026 The Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -29,6 +39,8 @@
 #include "qemu/osdep.h"
 #include "qemu/bitmap.h"
 #include "qemu/rcu.h"
+#include "qemu/thread.h"
+#include "qemu/main-loop.h"
 #include "exec/exec-all.h"
 #include "exec/ramlist.h"
 #include "exec/ramblock.h"
@@ -45,11 +57,26 @@ typedef struct ArmedPages {
     unsigned long bits[];           /* set: trap the page's next write */
 } ArmedPages;
 
+/*
+ * The measurement's epoch while no dirty limit runs.  A page rewritten
+ * within an epoch counts once, so the epoch must be shorter than the
+ * time a vCPU takes to come back to a page: a TCG vCPU rewrites 50 MiB
+ * in about 2 ms.  While a dirty limit runs, its controller's 5 ms epochs
+ * are used instead (shorter ones would charge its vCPUs more).
+ */
+#define DIRTYLIMIT_TCG_MEASURE_EPOCH_US 1000
+
 static struct {
     ArmedPages *armed;              /* RCU; grows with the RAM, never shrinks */
     bool counting;                  /* read locklessly by vCPUs */
+    bool limiting;                  /* the dirty limit counts (BQL) */
+    bool measuring;                 /* every vCPU traps; read locklessly */
     unsigned epoch;                 /* bumped by every re-arm */
     unsigned *tlb_epoch;            /* per cpu_index: epoch it re-armed */
+    ArmedPages *window;             /* RCU; set: written while measuring */
+    uint64_t window_pages;          /* bits set in window */
+    QemuThread measure_thread;      /* epochs while nothing else starts them */
+    bool measure_quit;
 } dirtylimit_tcg;
 
 static uint64_t dirtylimit_tcg_page(ram_addr_t addr)
@@ -70,13 +97,20 @@ static uint64_t dirtylimit_tcg_ram_pages(void)
     return DIV_ROUND_UP(end, qemu_target_page_size());
 }
 
+/* Does @cpu's writes need counting: limited, or a measurement is on? */
+static bool dirtylimit_tcg_counts(CPUState *cpu)
+{
+    return qatomic_read(&dirtylimit_tcg.measuring) ||
+           dirtylimit_vcpu_limited(cpu);
+}
+
 bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr)
 {
     ArmedPages *armed;
     uint64_t page = dirtylimit_tcg_page(addr);
 
     if (!qatomic_read(&dirtylimit_tcg.counting) ||
-        !dirtylimit_vcpu_limited(cpu)) {
+        !dirtylimit_tcg_counts(cpu)) {
         return false;
     }
     armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
@@ -100,6 +134,21 @@ static void dirtylimit_tcg_arm_tlb(CPUState *cpu, unsigned epoch)
     }
 }
 
+/*
+ * A page counted in an epoch of the measurement: record it in the
+ * window, which is never re-armed, so the window counts each page once.
+ */
+static void dirtylimit_tcg_note_window(uint64_t page)
+{
+    ArmedPages *window = qatomic_rcu_read(&dirtylimit_tcg.window);
+    unsigned long mask = BIT_MASK(page);
+
+    if (window && page < window->npages &&
+        !(qatomic_fetch_or(&window->bits[BIT_WORD(page)], mask) & mask)) {
+        qatomic_inc(&dirtylimit_tcg.window_pages);
+    }
+}
+
 void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
 {
     ArmedPages *armed;
@@ -115,6 +164,9 @@ void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
     }
     /* Only this vCPU's thread writes its count. */
     qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
+    if (qatomic_read(&dirtylimit_tcg.measuring)) {
+        dirtylimit_tcg_note_window(page);
+    }
     if (dirtylimit_vcpu_charge_slice(cpu)) {
         /* Leave the TB loop at the next TB; tcg_cpus_exec() serves it. */
         cpu_exit(cpu);
@@ -142,14 +194,15 @@ void dirtylimit_tcg_rearm(void)
          * Its mark is left alone, so that if it starts trapping it still
          * re-arms itself (once more) at its first trapped write.
          */
-        if (dirtylimit_vcpu_limited(cpu) &&
+        if (dirtylimit_tcg_counts(cpu) &&
             qatomic_read(&dirtylimit_tcg.tlb_epoch[cpu->cpu_index]) != epoch) {
             tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
         }
     }
 }
 
-void dirtylimit_tcg_start(void)
+/* Start counting, or start afresh (BQL held).  Arms every page. */
+static void dirtylimit_tcg_count(void)
 {
     uint64_t npages = dirtylimit_tcg_ram_pages();
     ArmedPages *old = dirtylimit_tcg.armed;
@@ -169,20 +222,86 @@ void dirtylimit_tcg_start(void)
 
         dirtylimit_tcg.tlb_epoch = g_new0(unsigned, ms->smp.max_cpus);
     }
-    /* No vCPU's mark matches: the re-arm below arms every limited TLB. */
+    /* No vCPU's mark matches: the re-arm below arms every counted TLB. */
     qatomic_set(&dirtylimit_tcg.epoch, dirtylimit_tcg.epoch + 2);
     trace_dirtylimit_tcg_start(npages);
     qatomic_set(&dirtylimit_tcg.counting, true);
     dirtylimit_tcg_rearm();
 }
 
-void dirtylimit_tcg_stop(void)
+/* Stop counting unless the limit or a measurement still counts (BQL). */
+static void dirtylimit_tcg_uncount(void)
 {
     /*
      * TLB entries still flagged TLB_NOTDIRTY take the slow path once
      * more and lose the flag there (dirtylimit_tcg_write_trapped() is
      * false from now on); the bitmap stays for vCPUs still looking at it.
      */
-    qatomic_set(&dirtylimit_tcg.counting, false);
-    trace_dirtylimit_tcg_stop();
+    if (!dirtylimit_tcg.limiting && !dirtylimit_tcg.measuring) {
+        qatomic_set(&dirtylimit_tcg.counting, false);
+        trace_dirtylimit_tcg_stop();
+    }
+}
+
+void dirtylimit_tcg_start(void)
+{
+    dirtylimit_tcg.limiting = true;
+    dirtylimit_tcg_count();
+}
+
+void dirtylimit_tcg_stop(void)
+{
+    dirtylimit_tcg.limiting = false;
+    dirtylimit_tcg_uncount();
+}
+
+/*
+ * Start the epochs of a measurement while no dirty limit's controller
+ * thread does (it re-arms on its own schedule, which must stay its own).
+ */
+static void *dirtylimit_tcg_measure_thread(void *opaque)
+{
+    rcu_register_thread();
+    while (!qatomic_read(&dirtylimit_tcg.measure_quit)) {
+        g_usleep(DIRTYLIMIT_TCG_MEASURE_EPOCH_US);
+        if (!qatomic_read(&dirtylimit_tcg.limiting)) {
+            dirtylimit_tcg_rearm();
+        }
+    }
+    rcu_unregister_thread();
+    return NULL;
+}
+
+void dirtylimit_tcg_measure_start(void)
+{
+    uint64_t npages;
+    ArmedPages *window;
+
+    assert(!dirtylimit_tcg.measuring);
+    npages = dirtylimit_tcg_ram_pages();
+    window = g_malloc0(sizeof(*window) + BITS_TO_LONGS(npages) * sizeof(long));
+    window->npages = npages;
+    qatomic_set(&dirtylimit_tcg.window_pages, 0);
+    qatomic_rcu_set(&dirtylimit_tcg.window, window);
+    qatomic_set(&dirtylimit_tcg.measuring, true);
+    dirtylimit_tcg_count();
+    qatomic_set(&dirtylimit_tcg.measure_quit, false);
+    qemu_thread_create(&dirtylimit_tcg.measure_thread, "dirtyrate-tcg",
+                       dirtylimit_tcg_measure_thread, NULL,
+                       QEMU_THREAD_JOINABLE);
+}
+
+uint64_t dirtylimit_tcg_measure_stop(void)
+{
+    ArmedPages *window = dirtylimit_tcg.window;
+
+    assert(dirtylimit_tcg.measuring);
+    /* The thread never takes the BQL, so joining under it is safe. */
+    qatomic_set(&dirtylimit_tcg.measure_quit, true);
+    qemu_thread_join(&dirtylimit_tcg.measure_thread);
+    qatomic_set(&dirtylimit_tcg.measuring, false);
+    qatomic_rcu_set(&dirtylimit_tcg.window, NULL);
+    g_free_rcu(window, rcu);
+    dirtylimit_tcg_uncount();
+    return qatomic_read(&dirtylimit_tcg.window_pages);
 }

@@ -40,9 +40,27 @@ void dirtylimit_tcg_stop(void);
 
 /**
  * dirtylimit_tcg_rearm: start a new counting epoch: every page is armed
- * again and limited vCPUs' TLBs trap their next write to any RAM page.
- * Called by the dirty limit's controller thread.
+ * again and counted vCPUs' TLBs trap their next write to any RAM page.
+ * Called by the dirty limit's controller thread, and by the measurement's
+ * while no limit is set.
  */
 void dirtylimit_tcg_rearm(void);
+
+/**
+ * dirtylimit_tcg_measure_start: count every vCPU's writes for
+ * calc-dirty-rate (BQL held): each vCPU's pages newly dirtied per epoch
+ * in CPUState::dirty_pages, as a dirty ring harvested every epoch would,
+ * and the pages written at least once until dirtylimit_tcg_measure_stop(),
+ * as a dirty bitmap would.  The epochs are the dirty limit controller's
+ * while it runs, so a limited vCPU is counted and charged as before, and
+ * 1 ms ones started by a thread of the measurement otherwise.
+ */
+void dirtylimit_tcg_measure_start(void);
+
+/**
+ * dirtylimit_tcg_measure_stop: end the measurement (BQL held) and return
+ * the number of pages written at least once since it started.
+ */
+uint64_t dirtylimit_tcg_measure_stop(void);
 
 #endif
