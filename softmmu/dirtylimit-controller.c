@@ -33,6 +33,15 @@
  *   counted in the wrong period could explain, so coarse batches at small
  *   quotas do not make it jitter, and it gets more precise with time.
  *
+ * - run_budget() bounds the batches themselves.  The bucket holds the
+ *   average, but a vCPU charged only at its harvests dirties a whole
+ *   harvest interval at full speed and then sleeps it off: at a quota of
+ *   a few MB/s that is seconds of allowance at once, and a window of ten
+ *   seconds holds one such batch more or less.  charge() learns how fast
+ *   the vCPU dirties while it runs (each batch over the time since the
+ *   vCPU last started to run or was charged), so the integration can stop
+ *   it after a fraction of its allowance.
+ *
  * Copyright (c) 2026 The Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -48,6 +57,13 @@
  * double arithmetic below stays exact to the byte.
  */
 #define DL_MAX_BATCH            (1ULL << 50)
+
+/*
+ * Weight of the newest batch in the vCPU's speed: batches are as short as
+ * the budget allows, and how late the vCPU stops (a signal, an exit)
+ * varies from one to the next.
+ */
+#define DL_RUN_RATE_WEIGHT      0.25
 
 /* The rate at which the bucket is credited, bytes/s; quota must be set. */
 static double dl_allowance(const DirtyLimitController *c)
@@ -116,6 +132,8 @@ void dirtylimit_controller_init(DirtyLimitController *c,
     c->trim = 1.0;
     c->quota = quota_bytes_per_sec;
     c->last_ns = now_ns;
+    c->running = true;
+    c->run_since_ns = now_ns;
     if (c->quota) {
         c->burst = dl_burst(c);
         c->balance = c->burst;
@@ -149,6 +167,8 @@ void dirtylimit_controller_set_quota(DirtyLimitController *c,
     c->burst = dl_burst(c);
     if (!was_limited) {
         c->balance = c->burst;
+        c->running = true;
+        c->run_since_ns = now_ns;
     }
     c->balance = MIN(c->balance, c->burst);
     dl_clamp_debt(c, now_ns);
@@ -209,6 +229,19 @@ int64_t dirtylimit_controller_charge(DirtyLimitController *c,
         return 0;
     }
 
+    /*
+     * A batch dirtied by a vCPU that ran all the time since it last
+     * started or was charged says how fast it runs.
+     */
+    if (c->running && dirtied_bytes && now_ns > c->run_since_ns) {
+        double rate = (double)dirtied_bytes * DIRTYLIMIT_NS_PER_SEC /
+                      (now_ns - c->run_since_ns);
+
+        c->run_rate += c->run_rate > 0 ? DL_RUN_RATE_WEIGHT *
+                                         (rate - c->run_rate) : rate;
+    }
+    c->run_since_ns = now_ns;
+
     /* Pay the batch from the credit of its interval, then cap the rest. */
     dl_clamp_reservation(c, now_ns);
     dl_accrue(c, now_ns);
@@ -221,11 +254,14 @@ int64_t dirtylimit_controller_charge(DirtyLimitController *c,
     }
     sleep_ns = dl_prescribe(c, now_ns);
     c->penalties++;
+    c->running = sleep_ns == 0;
     return sleep_ns;
 }
 
 int64_t dirtylimit_controller_wakeup(DirtyLimitController *c, int64_t now_ns)
 {
+    int64_t sleep_ns;
+
     if (!c->quota) {
         return 0;
     }
@@ -235,7 +271,28 @@ int64_t dirtylimit_controller_wakeup(DirtyLimitController *c, int64_t now_ns)
      * interval that the next charge() pays for, as if it accrued it.
      */
     dl_accrue(c, now_ns);
-    return dl_prescribe(c, now_ns);
+    sleep_ns = dl_prescribe(c, now_ns);
+    if (!sleep_ns && !c->running) {
+        c->running = true;
+        c->run_since_ns = now_ns;
+    }
+    return sleep_ns;
+}
+
+int64_t dirtylimit_controller_run_budget(const DirtyLimitController *c)
+{
+    double bytes, ns;
+
+    if (!c->quota) {
+        return 0;
+    }
+    if (c->run_rate <= 0) {
+        return DIRTYLIMIT_PROBE_NS;
+    }
+    bytes = MAX(c->balance, 0.0) +
+            dl_allowance(c) * DIRTYLIMIT_BATCH_NS / DIRTYLIMIT_NS_PER_SEC;
+    ns = ceil(bytes * DIRTYLIMIT_NS_PER_SEC / c->run_rate);
+    return (int64_t)MAX(1.0, MIN(ns, (double)DIRTYLIMIT_MAX_SLEEP_NS));
 }
 
 /* Move the trim towards what the evidence says, if it says enough. */

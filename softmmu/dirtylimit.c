@@ -20,6 +20,12 @@
  *    (dirtylimit_vcpu_serve_signal()); a vCPU below its quota is never
  *    stopped at all.  Pages a vCPU harvests itself at a ring-full exit
  *    are charged by dirtylimit_vcpu_execute() before it re-enters.
+ *  - At a small quota a harvest interval of free running is seconds of
+ *    allowance, which the vCPU would dirty at once and then sleep off.
+ *    A vCPU that is about to run after a penalty arms a timer for its
+ *    run budget (dirtylimit_controller_run_budget()) when that is shorter
+ *    than the harvest interval: the timer's SIG_IPI interrupts KVM_RUN,
+ *    and the vCPU harvests and charges itself and serves what it owes.
  *  - Once a period the thread feeds the measured rate back to each
  *    controller, which trims the bucket so the measured rate sits at the
  *    quota, and reports it as current-rate.
@@ -135,6 +141,17 @@ typedef struct DirtyLimitVcpu {
     int64_t thread_ns;
     int64_t thread_used_ns;
     int64_t share_remainder;
+    /*
+     * KVM: the run budget's timer, which sends SIG_IPI to the vCPU thread
+     * budget_tid (0: none made yet), and when it is due if it is armed.
+     * Only the vCPU thread arms it; budget_armed is read by it alone.
+     */
+#ifdef CONFIG_LINUX
+    timer_t budget_timer;
+#endif
+    int budget_tid;
+    bool budget_armed;
+    int64_t budget_end_ns;
 } DirtyLimitVcpu;
 
 static struct {
@@ -147,7 +164,19 @@ static struct {
     bool thread_running;            /* under the BQL */
     bool thread_quit;
     bool log_harvested;             /* KVM dirty log: past the first */
+    /*
+     * KVM dirty log: serialises harvests and the sharing state, as a vCPU
+     * whose run budget ran out harvests the log itself.
+     */
+    QemuMutex log_lock;
 } dirtylimit;
+
+#if defined(CONFIG_LINUX) && !defined(HAVE_SIGEV_NOTIFY_THREAD_ID)
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+static int64_t dirtylimit_harvest_interval_us(void);
+static void dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v);
 
 bool dirtylimit_in_service(void)
 {
@@ -258,7 +287,73 @@ bool dirtylimit_vcpu_charge_slice(CPUState *cpu)
     return true;
 }
 
-/* Sleep whatever penalty the vCPU owes, in the vCPU thread. */
+/*
+ * KVM: the vCPU is about to run: unless its harvests come sooner anyway,
+ * have it interrupted (SIG_IPI, as the controller's penalties) when its
+ * run budget runs out, so that it dirties a small part of its allowance
+ * at a time instead of a harvest interval at full speed.  The timer is
+ * aimed at the calling thread and armed there, on the CPU that runs the
+ * vCPU, so it fires on time even when the host's other CPUs are idle and
+ * slow to wake.
+ */
+static void dirtylimit_vcpu_arm_budget(DirtyLimitVcpu *v)
+{
+#ifdef CONFIG_LINUX
+    struct itimerspec its = { };
+    int tid = qemu_get_thread_id();
+    int64_t budget;
+
+    /* A timer past its time has fired, whether or not it was served. */
+    if (!kvm_enabled() || !qatomic_read(&v->limited) ||
+        (v->budget_armed && get_clock() < v->budget_end_ns)) {
+        return;
+    }
+    qemu_mutex_lock(&v->lock);
+    budget = dirtylimit_controller_run_budget(&v->ctl);
+    qemu_mutex_unlock(&v->lock);
+    if (budget <= 0 || budget >= dirtylimit_harvest_interval_us() * SCALE_US) {
+        return;
+    }
+    if (v->budget_tid != tid) {
+        struct sigevent sev = {
+            .sigev_notify = SIGEV_THREAD_ID,
+            .sigev_signo = SIG_IPI,
+        };
+
+        if (v->budget_tid) {
+            timer_delete(v->budget_timer);      /* another vCPU thread's */
+            v->budget_tid = 0;
+        }
+        sev.sigev_notify_thread_id = tid;
+        if (timer_create(CLOCK_MONOTONIC, &sev, &v->budget_timer)) {
+            return;
+        }
+        v->budget_tid = tid;
+    }
+    its.it_value.tv_sec = budget / NANOSECONDS_PER_SECOND;
+    its.it_value.tv_nsec = budget % NANOSECONDS_PER_SECOND;
+    v->budget_end_ns = get_clock() + budget;
+    v->budget_armed = !timer_settime(v->budget_timer, 0, &its, NULL);
+#endif
+}
+
+/* A timer firing while the vCPU sleeps would interrupt its next run. */
+static void dirtylimit_vcpu_disarm_budget(DirtyLimitVcpu *v)
+{
+#ifdef CONFIG_LINUX
+    static const struct itimerspec off;
+
+    if (v->budget_armed) {
+        v->budget_armed = false;
+        timer_settime(v->budget_timer, 0, &off, NULL);
+    }
+#endif
+}
+
+/*
+ * Sleep whatever penalty the vCPU owes, in the vCPU thread, which then
+ * runs the guest.
+ */
 static void dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
 {
     int64_t sleep_ns;
@@ -266,19 +361,20 @@ static void dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
     qemu_mutex_lock(&v->lock);
     sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
     qemu_mutex_unlock(&v->lock);
-    if (sleep_ns <= 0) {
-        return;
+    if (sleep_ns > 0) {
+        dirtylimit_vcpu_disarm_budget(v);
+        trace_dirtylimit_vcpu_execute(cpu->cpu_index, sleep_ns / SCALE_US);
+        qatomic_set(&v->sleeping, true);
+        while (sleep_ns > 0 && dirtylimit_vcpu_nap(cpu, v, sleep_ns)) {
+            qemu_mutex_lock(&v->lock);
+            sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
+            qemu_mutex_unlock(&v->lock);
+        }
+        qatomic_set(&v->sleeping, false);
+        cpu->throttle_us_per_full =
+            dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
     }
-    trace_dirtylimit_vcpu_execute(cpu->cpu_index, sleep_ns / SCALE_US);
-    qatomic_set(&v->sleeping, true);
-    while (sleep_ns > 0 && dirtylimit_vcpu_nap(cpu, v, sleep_ns)) {
-        qemu_mutex_lock(&v->lock);
-        sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
-        qemu_mutex_unlock(&v->lock);
-    }
-    qatomic_set(&v->sleeping, false);
-    cpu->throttle_us_per_full =
-        dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
+    dirtylimit_vcpu_arm_budget(v);
 }
 
 void dirtylimit_vcpu_execute(CPUState *cpu)
@@ -296,8 +392,19 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
 bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
 {
     DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+    bool penalty, budget;
 
-    if (!v || !qatomic_xchg(&v->penalty_signalled, false)) {
+    if (!v) {
+        return false;
+    }
+    penalty = qatomic_xchg(&v->penalty_signalled, false);
+    budget = v->budget_armed && get_clock() >= v->budget_end_ns;
+    if (budget) {
+        /* The run budget ran out: charge what the vCPU dirtied since. */
+        v->budget_armed = false;
+        dirtylimit_vcpu_harvest_self(cpu, v);
+    }
+    if (!penalty && !budget) {
         return false;
     }
     if (dirtylimit_vcpu_wanted(cpu)) {
@@ -352,10 +459,13 @@ static void dirtylimit_vcpu_signal(CPUState *cpu)
 #endif
 }
 
-/* Charge a running limited vCPU, and signal it if it owes a penalty. */
+/*
+ * Charge a running limited vCPU, and signal it if it owes a penalty (not
+ * the vCPU charging itself: it serves next).
+ */
 static void dirtylimit_charge_running_vcpu(CPUState *cpu, DirtyLimitVcpu *v)
 {
-    if (dirtylimit_vcpu_charge(cpu, v) > 0) {
+    if (dirtylimit_vcpu_charge(cpu, v) > 0 && cpu != current_cpu) {
         qatomic_set(&v->penalty_signalled, true);
         dirtylimit_vcpu_signal(cpu);
     }
@@ -444,6 +554,7 @@ static void dirtylimit_harvest_dirty_log(void)
     uint64_t pages = 0;
     CPUState *cpu;
 
+    QEMU_LOCK_GUARD(&dirtylimit.log_lock);
 #ifdef CONFIG_KVM
     pages = kvm_dirty_log_harvest();
 #endif
@@ -461,6 +572,27 @@ static void dirtylimit_harvest_dirty_log(void)
                 dirtylimit_charge_running_vcpu(cpu, v);
             }
         }
+    }
+}
+
+/*
+ * A vCPU whose run budget ran out, outside KVM_RUN: harvest what it
+ * dirtied and charge it, as the controller thread would have at its next
+ * harvest.  Its ring is its own; the dirty log is the VM's, so it is
+ * harvested and shared as by the controller thread.
+ */
+static void dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v)
+{
+    if (!kvm_enabled() || !qatomic_read(&v->limited)) {
+        return;
+    }
+    if (kvm_dirty_ring_enabled()) {
+#ifdef CONFIG_KVM
+        kvm_dirty_ring_reap_vcpu(cpu);
+#endif
+        dirtylimit_vcpu_charge(cpu, v);
+    } else {
+        dirtylimit_harvest_dirty_log();
     }
 }
 
@@ -572,6 +704,7 @@ static void dirtylimit_state_init(void)
     for (i = 0; i < dirtylimit.max_cpus; i++) {
         qemu_mutex_init(&dirtylimit.vcpus[i].lock);
     }
+    qemu_mutex_init(&dirtylimit.log_lock);
     dirtylimit.period_ns = DIRTYLIMIT_DEFAULT_PERIOD_MS * SCALE_MS;
 }
 
@@ -627,6 +760,13 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
     v->by_migration = by_migration;
     qatomic_set(&v->limited, true);
     qemu_mutex_unlock(&v->lock);
+    /*
+     * KVM: through dirtylimit_vcpu_execute(), the vCPU arms its run
+     * budget, so that even its first batch is small.
+     */
+    if (cpu && kvm_enabled()) {
+        qemu_cpu_kick(cpu);
+    }
 }
 
 static void dirtylimit_clear_vcpu(int cpu_index)

@@ -69,6 +69,20 @@
 #define DIRTYLIMIT_BURST_NS             (100 * 1000 * 1000LL)
 #define DIRTYLIMIT_BURST_MIN            (256 * 1024)
 
+/*
+ * Run budget: a vCPU that is charged only at its harvests dirties at full
+ * speed from one to the next, and at a small quota one such batch is
+ * seconds of its allowance (a 2 ms run of a 2.7 GB/s vCPU is 5 s of
+ * 1 MB/s).  The guest's progress then runs ahead of the quota line by up
+ * to a batch, and any window of 10 s sees one batch more or less: +-50 %.
+ * dirtylimit_controller_run_budget() says how long a vCPU may run before
+ * it should be charged so that a batch is at most DIRTYLIMIT_BATCH_NS of
+ * its allowance (more with credit in hand), from its measured speed;
+ * until that is known, DIRTYLIMIT_PROBE_NS.
+ */
+#define DIRTYLIMIT_BATCH_NS             (50 * 1000 * 1000LL)
+#define DIRTYLIMIT_PROBE_NS             (50 * 1000LL)
+
 /* Bounds of the feedback trim. */
 #define DIRTYLIMIT_TRIM_MIN             0.25
 #define DIRTYLIMIT_TRIM_MAX             4.0
@@ -125,6 +139,11 @@ typedef struct DirtyLimitController {
     uint64_t ev_max_batch;
     uint64_t ev_prev_max_batch;
     int64_t ev_ns;
+
+    /* The vCPU's speed while it runs, for the run budget. */
+    bool running;               /* not sleeping a prescribed penalty */
+    int64_t run_since_ns;       /* running, and not charged, since then */
+    double run_rate;            /* bytes/s while running; 0 = unknown */
 
     /* Reporting. */
     double current_rate;        /* bytes/s, smoothed measurement */
@@ -206,6 +225,24 @@ int64_t dirtylimit_controller_charge(DirtyLimitController *c,
  * once a second.
  */
 int64_t dirtylimit_controller_wakeup(DirtyLimitController *c, int64_t now_ns);
+
+/*
+ * dirtylimit_controller_run_budget:
+ * @c: the controller
+ *
+ * How long the vCPU, about to run, may run before it should be charged
+ * again, so that what it dirties meanwhile is at most its credit plus
+ * DIRTYLIMIT_BATCH_NS of its allowance.  The speed it is assumed to dirty
+ * at is learnt by charge() from the batches and the time the vCPU ran to
+ * dirty them (since wakeup() or charge() last let it run); until a batch
+ * has been seen it is DIRTYLIMIT_PROBE_NS.  The integration interrupts
+ * the vCPU and charges it when the budget runs out, if its own harvests
+ * are further apart.
+ *
+ * Returns: the budget in ns, 1..DIRTYLIMIT_MAX_SLEEP_NS; 0 when there is
+ * no limit.
+ */
+int64_t dirtylimit_controller_run_budget(const DirtyLimitController *c);
 
 /*
  * dirtylimit_controller_feedback:

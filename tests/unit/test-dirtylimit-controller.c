@@ -56,6 +56,8 @@ typedef struct SimConfig {
     bool no_wakeup;             /* it runs without asking wakeup() */
     int64_t stall_ns;           /* the host stops the vCPU this long ... */
     int64_t stall_every_ns;     /* ... at the start of every such interval */
+    bool budget;                /* stopped and charged at run_budget() */
+    int64_t budget_late_ns;     /* ... this long after the budget ran out */
 } SimConfig;
 
 typedef struct Sim {
@@ -78,6 +80,8 @@ typedef struct Sim {
     uint64_t max_batch;         /* largest harvest, bytes */
     uint64_t sleeps;
     uint64_t bad_sleeps;        /* sleeps prescribed for nothing dirtied */
+    bool budget_armed;          /* cfg.budget: the vCPU's run is timed */
+    int64_t budget_end;         /* ... and it is stopped then */
 } Sim;
 
 static SimConfig sim_config(double free_mbps, unsigned ring,
@@ -106,6 +110,22 @@ static void sim_set_free_rate(Sim *s, double mbps)
     s->rate = s->base_rate;
 }
 
+/*
+ * cfg.budget: a vCPU that is about to run arms a timer for its run budget,
+ * as the integration does, unless its harvests come sooner anyway.
+ */
+static void sim_arm_budget(Sim *s)
+{
+    int64_t budget = dirtylimit_controller_run_budget(&s->ctl);
+
+    if (!s->cfg.budget || s->budget_armed || budget <= 0 ||
+        (s->cfg.kick_ns && budget >= s->cfg.kick_ns)) {
+        return;
+    }
+    s->budget_armed = true;
+    s->budget_end = s->now + budget + s->cfg.budget_late_ns;
+}
+
 static void sim_init(Sim *s, const SimConfig *cfg, double quota_mbps)
 {
     memset(s, 0, sizeof(*s));
@@ -116,6 +136,8 @@ static void sim_init(Sim *s, const SimConfig *cfg, double quota_mbps)
     s->next_kick = cfg->kick_ns;
     s->next_feedback = cfg->period_ns;
     dirtylimit_controller_init(&s->ctl, (uint64_t)(quota_mbps * MB), 0);
+    /* The integration kicks a vCPU that gets a limit: it arms a probe. */
+    sim_arm_budget(s);
 }
 
 static void sim_destroy(Sim *s)
@@ -142,6 +164,7 @@ static void sim_sleep(Sim *s, int64_t sleep_ns)
         return;
     }
     s->sleeps++;
+    s->budget_armed = false;    /* a sleeping vCPU's timer is disarmed */
     actual = (int64_t)(sleep_ns * s->cfg.sleep_scale) + s->cfg.sleep_extra_ns;
     s->wake = s->now + actual;
     s->sleeping = true;
@@ -152,7 +175,7 @@ static uint64_t sim_ring_used(const Sim *s)
     return (uint64_t)floor(s->pages + PAGE_SLACK) - s->harvested;
 }
 
-static void sim_harvest(Sim *s)
+static uint64_t sim_harvest(Sim *s)
 {
     uint64_t n = sim_ring_used(s);
     uint64_t bytes = n * PAGE;
@@ -168,6 +191,7 @@ static void sim_harvest(Sim *s)
         s->bad_sleeps++;
     }
     sim_sleep(s, sleep_ns);
+    return bytes;
 }
 
 static void sim_feedback(Sim *s)
@@ -228,6 +252,9 @@ static void sim_run_until(Sim *s, int64_t end)
                 }
                 t = MIN(t, s->next_kick);
             }
+            if (s->budget_armed) {
+                t = MIN(t, s->budget_end);
+            }
             if (s->rate > 0) {
                 double left = (double)(s->harvested + s->cfg.ring) - s->pages;
                 double dt = MAX(left, 0.0) * PAGE * SEC / s->rate;
@@ -257,12 +284,22 @@ static void sim_run_until(Sim *s, int64_t end)
             if (!s->cfg.no_wakeup) {
                 sim_sleep(s, dirtylimit_controller_wakeup(&s->ctl, s->now));
             }
+            if (!s->sleeping) {
+                sim_arm_budget(s);
+            }
         }
         if (running) {
             bool full = sim_ring_used(s) >= s->cfg.ring;
             bool kick = s->cfg.kick_ns && s->now >= s->next_kick;
+            bool budget = s->budget_armed && s->now >= s->budget_end;
 
-            if (full || kick) {
+            if (budget) {
+                /* Charged by the vCPU itself; it goes on if it owes none. */
+                s->budget_armed = false;
+                if (sim_harvest(s) && !s->sleeping) {
+                    sim_arm_budget(s);
+                }
+            } else if (full || kick) {
                 sim_harvest(s);
             }
         }
@@ -369,7 +406,7 @@ static const int64_t periods[] = { 100 * MS, 1000 * MS };
 static void check_holds_all(double quota_mbps, double noise)
 {
     static const double frees[] = { FREE_KVM, FREE_SLOW };
-    unsigned f, r, p;
+    unsigned f, r, p, b;
 
     for (f = 0; f < G_N_ELEMENTS(frees); f++) {
         /* Only quotas below the free rate (or its noisy minimum). */
@@ -377,9 +414,13 @@ static void check_holds_all(double quota_mbps, double noise)
             continue;
         }
         for (r = 0; r < G_N_ELEMENTS(rings); r++) {
-            for (p = 0; p < G_N_ELEMENTS(periods); p++) {
-                SimConfig cfg = sim_config(frees[f], rings[r], periods[p]);
+            for (p = 0; p < G_N_ELEMENTS(periods) * 2; p++) {
+                SimConfig cfg = sim_config(frees[f], rings[r],
+                                           periods[p / 2]);
 
+                /* Also stopped at its run budget, as on the KVM ring. */
+                b = p % 2;
+                cfg.budget = b;
                 cfg.noise = noise;
                 check_holds(&cfg, quota_mbps);
             }
@@ -407,6 +448,67 @@ static void test_noise(void)
     check_holds_all(10, 0.5);
     check_holds_all(100, 0.5);
     check_holds_all(1000, 0.5);
+}
+
+/*
+ * 1 MB/s (migration's default vcpu-dirty-limit) as the guest sees it: its
+ * own progress over any window of 10 s or more, from 3 s after the limit
+ * is set, within 5 %.  The controller thread harvests a ring every
+ * ring-size/2 us; between harvests a free vCPU dirties 1.4 MB (1024
+ * entries) to 5.4 MB (4096), seconds of this quota, so a window holds one
+ * batch more or less: without the run budget 10 s windows read -54 % to
+ * +54 %.  The vCPU is stopped @late after its budget runs out (a signal
+ * to leave KVM_RUN, an emulator batch).
+ */
+static void check_holds_1MBps_every_window(unsigned ring, double free_mbps,
+                                           int64_t late, bool budget)
+{
+    SimConfig cfg = sim_config(free_mbps, ring, 1000 * MS);
+    double q = 1 * MB, worst = q;
+    int64_t t0, len;
+    Sim s;
+
+    cfg.kick_ns = ring / 2 * 1000;
+    cfg.budget = budget;
+    cfg.budget_late_ns = late;
+    sim_init(&s, &cfg, 1);
+    for (t0 = 3 * SEC; t0 < 13 * SEC; t0 += 97 * MS) {
+        sim_run_until(&s, t0);
+        for (len = 10 * SEC; len <= 15 * SEC; len += 5 * SEC) {
+            Sim w = s;          /* noise is off: no GRand is drawn from */
+            double avg = sim_avg_rate(&w, t0, t0 + len);
+
+            if (fabs(avg - q) > fabs(worst - q)) {
+                worst = avg;
+            }
+            s.max_batch = MAX(s.max_batch, w.max_batch);
+            s.bad_sleeps += w.bad_sleeps;
+        }
+    }
+    g_test_message("free %.0f ring %u, stopped %" PRId64 " us late%s: "
+                   "worst window %.3f MB/s (%+.1f%%), batches up to %"
+                   PRIu64 " KiB", free_mbps, ring, late / 1000,
+                   budget ? "" : ", no run budget", worst / MB,
+                   (worst - q) / q * 100, s.max_batch / 1024);
+    g_assert_cmpfloat(fabs(worst - q), <=, 0.05 * q);
+    g_assert_cmpuint(s.bad_sleeps, ==, 0);
+    sim_destroy(&s);
+}
+
+static void test_holds_1MBps_every_window(void)
+{
+    static const int64_t lates[] = { 0, 20 * 1000, 100 * 1000 };
+    static const double frees[] = { FREE_KVM, FREE_SLOW };
+    unsigned r, l, f;
+
+    for (r = 0; r < G_N_ELEMENTS(rings); r++) {
+        for (l = 0; l < G_N_ELEMENTS(lates); l++) {
+            for (f = 0; f < G_N_ELEMENTS(frees); f++) {
+                check_holds_1MBps_every_window(rings[r], frees[f], lates[l],
+                                               true);
+            }
+        }
+    }
 }
 
 /* Ferry allows periods down to 1 ms: they must not upset anything. */
@@ -909,6 +1011,8 @@ int main(int argc, char **argv)
     g_test_add_func("/dirtylimit/controller/unlimited", test_unlimited);
     g_test_add_func("/dirtylimit/controller/holds-10MBps", test_holds_10);
     g_test_add_func("/dirtylimit/controller/holds-100MBps", test_holds_100);
+    g_test_add_func("/dirtylimit/controller/holds-1MBps-in-every-window",
+                    test_holds_1MBps_every_window);
     g_test_add_func("/dirtylimit/controller/holds-1000MBps",
                     test_holds_1000);
     g_test_add_func("/dirtylimit/controller/no-kick", test_no_kick);
