@@ -121,6 +121,7 @@ typedef struct DirtyLimitVcpu {
     DirtyLimitController ctl;
     bool limited;                   /* read locklessly by the vCPU */
     bool by_migration;              /* set by dirtylimit_migration_engage */
+    bool counting_only;             /* dirtylimit_migration_count: no quota */
     bool sleeping;                  /* serving a penalty: dirties nothing */
     bool penalty_signalled;         /* asked to leave and serve a penalty */
     uint64_t quota_mb;
@@ -745,6 +746,10 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
         if (cpu) {
             qatomic_set(&v->charged_pages, qatomic_read(&cpu->dirty_pages));
         }
+        /* A rate measured while only counting is not the limit's. */
+        if (v->counting_only) {
+            v->window_next = 0;
+        }
     } else {
         dirtylimit_controller_init(&v->ctl, quota, get_clock());
         v->charged_pages = v->period_pages = cpu ? cpu->dirty_pages : 0;
@@ -758,6 +763,7 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
                     MAX(1, quota / qemu_target_page_size() *
                            DIRTYLIMIT_TCG_SLICE_US / G_USEC_PER_SEC)));
     v->by_migration = by_migration;
+    v->counting_only = false;
     qatomic_set(&v->limited, true);
     qemu_mutex_unlock(&v->lock);
     /*
@@ -897,7 +903,7 @@ DirtyLimitInfoList *qmp_query_vcpu_dirty_limit(Error **errp)
         DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
         DirtyLimitInfo *info;
 
-        if (!qatomic_read(&v->limited)) {
+        if (!qatomic_read(&v->limited) || v->counting_only) {
             continue;
         }
         info = g_new0(DirtyLimitInfo, 1);
@@ -923,6 +929,23 @@ void dirtylimit_migration_engage(uint64_t quota_mb, uint64_t period_ms)
         if (!qatomic_read(&v->limited) || v->by_migration ||
             v->quota_mb > quota_mb) {
             dirtylimit_set_vcpu(i, quota_mb, true);
+        }
+    }
+    dirtylimit_update_service();
+}
+
+void dirtylimit_migration_count(uint64_t period_ms)
+{
+    int i;
+
+    dirtylimit_state_init();
+    qatomic_set(&dirtylimit.period_ns, period_ms * SCALE_MS);
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
+
+        if (!qatomic_read(&v->limited)) {
+            dirtylimit_set_vcpu(i, DIRTYLIMIT_MAX_RATE_MB, true);
+            v->counting_only = true;
         }
     }
     dirtylimit_update_service();

@@ -61,10 +61,55 @@ bool dirtylimit_vcpu_charge_slice(CPUState *cpu);
 void dirtylimit_migration_engage(uint64_t quota_mb, uint64_t period_ms);
 
 /**
+ * dirtylimit_migration_count: count what every vCPU without a limit
+ * dirties (in CPUState::dirty_pages), as a limit would, but never slow it
+ * down, for the migration in progress to measure the guest.  Such vCPUs
+ * are not listed by query-vcpu-dirty-limit; dirtylimit_migration_engage()
+ * gives them a quota, dirtylimit_migration_release() stops counting.
+ */
+void dirtylimit_migration_count(uint64_t period_ms);
+
+/**
  * dirtylimit_migration_release: remove the limits migration set, when it
  * completes, fails or is cancelled.  Limits set by the user stay.
  */
 void dirtylimit_migration_release(void);
+
+/*
+ * The migration's plan for the dirty limit (softmmu/dirtylimit-migration.c),
+ * called by the migration core while the dirty-limit capability is on.
+ */
+
+/**
+ * dirtylimit_migration_progress: the migration thread's report, about
+ * every 100 ms, that it sends at @link_rate bytes/s.  In the first pass
+ * this measures the guest and, as soon as the measurement shows that
+ * the migration cannot finish within 1.5 passes, limits the vCPUs.
+ * Called without the BQL; takes it to act.
+ */
+void dirtylimit_migration_progress(uint64_t link_rate);
+
+/**
+ * dirtylimit_migration_sync_wanted: true, once, after the plan limited the
+ * vCPUs in the middle of a pass: the migration should sync its dirty
+ * bitmap now, so that pages the guest dirtied at full speed before are
+ * resent only if they were already sent.  Migration thread.
+ */
+bool dirtylimit_migration_sync_wanted(void);
+
+/**
+ * dirtylimit_migration_stalled: two bitmap syncs in a row showed that the
+ * guest dirties faster than the migration sends (auto-converge's
+ * trigger): limit the vCPUs if the plan did not, or halve the quota it
+ * chose.  A vcpu-dirty-limit set by the user is used as it is.  BQL held.
+ */
+void dirtylimit_migration_stalled(void);
+
+/**
+ * dirtylimit_migration_end: the migration completed, failed or was
+ * cancelled: remove every limit it set and forget its plan.  BQL held.
+ */
+void dirtylimit_migration_end(void);
 
 /**
  * dirtylimit_throttle_time_per_round: the longest penalty (us) a vCPU
