@@ -104,17 +104,27 @@ static bool dirtylimit_tcg_counts(CPUState *cpu)
            dirtylimit_vcpu_limited(cpu);
 }
 
-bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr)
+uint8_t *dirtylimit_tcg_counted;
+
+bool dirtylimit_tcg_page_armed(ram_addr_t addr)
 {
-    ArmedPages *armed;
+    ArmedPages *armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
     uint64_t page = dirtylimit_tcg_page(addr);
 
-    if (!qatomic_read(&dirtylimit_tcg.counting) ||
-        !dirtylimit_tcg_counts(cpu)) {
-        return false;
-    }
-    armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
     return page < armed->npages && test_bit(page, armed->bits);
+}
+
+/*
+ * Refresh dirtylimit_tcg_counted[] for @cpu; true if it is counted.  A
+ * limit set or lifted between two epochs takes effect at the next one.
+ */
+static bool dirtylimit_tcg_update_counted(CPUState *cpu)
+{
+    bool counted = qatomic_read(&dirtylimit_tcg.counting) &&
+                   dirtylimit_tcg_counts(cpu);
+
+    qatomic_set(&dirtylimit_tcg_counted[cpu->cpu_index], counted);
+    return counted;
 }
 
 /*
@@ -194,7 +204,7 @@ void dirtylimit_tcg_rearm(void)
          * Its mark is left alone, so that if it starts trapping it still
          * re-arms itself (once more) at its first trapped write.
          */
-        if (dirtylimit_tcg_counts(cpu) &&
+        if (dirtylimit_tcg_update_counted(cpu) &&
             qatomic_read(&dirtylimit_tcg.tlb_epoch[cpu->cpu_index]) != epoch) {
             tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
         }
@@ -221,6 +231,8 @@ static void dirtylimit_tcg_count(void)
         MachineState *ms = MACHINE(qdev_get_machine());
 
         dirtylimit_tcg.tlb_epoch = g_new0(unsigned, ms->smp.max_cpus);
+        qatomic_set(&dirtylimit_tcg_counted,
+                    g_new0(uint8_t, ms->smp.max_cpus));
     }
     /* No vCPU's mark matches: the re-arm below arms every counted TLB. */
     qatomic_set(&dirtylimit_tcg.epoch, dirtylimit_tcg.epoch + 2);
@@ -238,7 +250,12 @@ static void dirtylimit_tcg_uncount(void)
      * false from now on); the bitmap stays for vCPUs still looking at it.
      */
     if (!dirtylimit_tcg.limiting && !dirtylimit_tcg.measuring) {
+        CPUState *cpu;
+
         qatomic_set(&dirtylimit_tcg.counting, false);
+        CPU_FOREACH(cpu) {
+            dirtylimit_tcg_update_counted(cpu);
+        }
         trace_dirtylimit_tcg_stop();
     }
 }

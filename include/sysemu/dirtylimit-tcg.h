@@ -10,13 +10,36 @@
 #define SYSEMU_DIRTYLIMIT_TCG_H
 
 #include "exec/cpu-common.h"
+#include "hw/core/cpu.h"
+
+/*
+ * By cpu_index, nonzero while that vCPU's writes are counted (it is
+ * limited, or calc-dirty-rate measures); NULL until counting first
+ * starts.  Kept by softmmu/dirtylimit-tcg.c, refreshed every epoch.  It
+ * is here only for dirtylimit_tcg_write_trapped(), which every TLB fill
+ * of a writable page calls: a vCPU that is not counted pays one load.
+ */
+extern uint8_t *dirtylimit_tcg_counted;
+
+/**
+ * dirtylimit_tcg_page_armed: true when the page at @addr has not been
+ * counted yet in this epoch.
+ */
+bool dirtylimit_tcg_page_armed(ram_addr_t addr);
 
 /**
  * dirtylimit_tcg_write_trapped: true when @cpu's next write to the page
  * at @addr must be counted, so its TLB entry needs TLB_NOTDIRTY.  Called
  * by accel/tcg/cputlb.c when it maps a RAM page for writing.
  */
-bool dirtylimit_tcg_write_trapped(CPUState *cpu, ram_addr_t addr);
+static inline bool dirtylimit_tcg_write_trapped(CPUState *cpu,
+                                                ram_addr_t addr)
+{
+    uint8_t *counted = qatomic_read(&dirtylimit_tcg_counted);
+
+    return counted && qatomic_read(&counted[cpu->cpu_index]) &&
+           dirtylimit_tcg_page_armed(addr);
+}
 
 /**
  * dirtylimit_tcg_note_write: count @cpu's write to the page at @addr if
