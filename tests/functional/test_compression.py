@@ -16,7 +16,7 @@ import time
 import unittest
 import zlib
 
-from ferry import env
+from ferry import env, wait
 from ferry.machine import (Guest, dirty_guest, free_port, incoming,
                            wait_migration)
 from ferry.migrate import (FAST_LINK, MigrationPairs, check_destination,
@@ -52,11 +52,12 @@ def worker_threads(vm):
     return names
 
 
-def under_lsan(vm, log_prefix):
-    """Run VM with LeakSanitizer preloaded (no rebuild needed): at exit
-    it writes LOG_PREFIX.PID if anything leaked."""
-    vm._wrapper = ['env', 'LD_PRELOAD=' + LSAN, 'LSAN_OPTIONS=exitcode=0:'
-                   'fast_unwind_on_malloc=0:log_path=' + log_prefix]
+def under_lsan(log_prefix):
+    """The wrapper that runs QEMU with LeakSanitizer preloaded (no
+    rebuild needed): at exit it writes LOG_PREFIX.PID if anything
+    leaked."""
+    return ['env', 'LD_PRELOAD=' + LSAN, 'LSAN_OPTIONS=exitcode=0:'
+            'fast_unwind_on_malloc=0:log_path=' + log_prefix]
 
 
 def lsan_active(vm):
@@ -88,13 +89,9 @@ def save_stream(src, path, **params):
 def file_destination(like, path, flavour='ferry', name='dst', compress=True,
                      wrapper=()):
     """A destination for LIKE that loads the stream saved in PATH."""
-    dst = Guest(flavour, like.target, name)
-    if wrapper:
-        dst._wrapper = list(wrapper)
-    dst._args = list(like._args)
-    dst._args[dst._args.index('-serial') + 1] = 'file:' + dst.serial_path
-    dst.add_args('-incoming', 'defer', '-S')
-    dst.dirty_end = like.dirty_end
+    dst = incoming(like, flavour=flavour, name=name, uri='defer',
+                   wrapper=wrapper)
+    dst.add_process_args('-S')
     dst.launch()
     if compress:
         enable_compression(dst)
@@ -105,14 +102,12 @@ def file_destination(like, path, flavour='ferry', name='dst', compress=True,
 def wait_passes(src, syncs, timeout=120):
     """Wait until SRC's migration has synced the dirty bitmap SYNCS times
     (or ended)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def synced():
         info = src.command('query-migrate')
-        if info['status'] != 'active' or \
-                info['ram']['dirty-sync-count'] >= syncs:
-            return
-        time.sleep(0.1)
-    raise AssertionError('migration made no progress: %s' % info)
+        return info['status'] != 'active' or \
+            info['ram']['dirty-sync-count'] >= syncs
+    wait.until(synced, timeout, lambda: 'migration made no progress: %s'
+               % src.command('query-migrate'))
 
 
 class CompressionPairs(MigrationPairs):
@@ -154,11 +149,12 @@ class CompressionPairs(MigrationPairs):
 
 class CompressionPrecopy(CompressionPairs, unittest.TestCase):
     def test_wait_thread_threads_and_levels(self):
-        for wait in (True, False):
+        for wait_thread in (True, False):
             for threads in (1, 4):
                 for level in (1, 9):
-                    with self.subTest(wait=wait, threads=threads, level=level):
-                        src, dst = self.pair(compress_wait_thread=wait,
+                    with self.subTest(wait=wait_thread, threads=threads,
+                                      level=level):
+                        src, dst = self.pair(compress_wait_thread=wait_thread,
                                              compress_threads=threads,
                                              compress_level=level)
                         self.migrate_busy_guest(src, dst)
@@ -174,15 +170,12 @@ class CompressionPrecopy(CompressionPairs, unittest.TestCase):
         tmp = tempfile.mkdtemp(prefix='ferry-lsan-')
         self.addCleanup(shutil.rmtree, tmp)
         log = os.path.join(tmp, 'lsan')
-        src = dirty_guest(name='src', extra=['-name', 'src,debug-threads=on'])
-        under_lsan(src, log)
+        src = dirty_guest(name='src', extra=['-name', 'src,debug-threads=on'],
+                          wrapper=under_lsan(log))
         self.vms.append(src)
         src.launch()
         src.wait_serial('FP', timeout=120)
-        dst = incoming(src)
-        under_lsan(dst, log)
-        dst.add_args('-S')
-        dst.launch()
+        dst = start_destination(src, wrapper=under_lsan(log))
         self.assertTrue(lsan_active(src) and lsan_active(dst))
         enable_compression(src, compress_threads=4)
         enable_compression(dst, decompress_threads=4)
@@ -194,10 +187,8 @@ class CompressionPrecopy(CompressionPairs, unittest.TestCase):
         self.assertEqual(worker_threads(dst).count('decompress'), 4)
         src.command('migrate_cancel')
         self.assertEqual(wait_migration(src)['status'], 'cancelled')
-        deadline = time.monotonic() + 10
-        while worker_threads(src) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.assertEqual(worker_threads(src), [], 'workers outlive cancel')
+        wait.until(lambda: not worker_threads(src), 10,
+                   lambda: 'workers outlive cancel: %s' % worker_threads(src))
         check_source_alive(self, src)
         dst.wait(timeout=30)
         dst2 = start_destination(src)
@@ -440,11 +431,12 @@ class CompressionAllocations(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp)
 
-    def counted(self, vm, name):
+    def counted(self, name):
+        """(wrapper, path): a wrapper that counts QEMU's allocations into
+        the file at PATH."""
         path = os.path.join(self.tmp, name + '.count')
-        vm._wrapper = ['env', 'LD_PRELOAD=' + self.counter,
-                       'FERRY_MALLOC_COUNT=' + path]
-        return path
+        return ['env', 'LD_PRELOAD=' + self.counter,
+                'FERRY_MALLOC_COUNT=' + path], path
 
     @staticmethod
     def read_count(path):
@@ -456,12 +448,14 @@ class CompressionAllocations(unittest.TestCase):
         during one compressed migration of a MEM_MIB guest."""
         image = make_image(os.path.join(self.tmp, 'ram-%d' % mem_mib), mem_mib)
         port = free_port()
-        src = Guest('ferry', 'x86_64', 'src',
+        src_wrapper, src_count = self.counted('src-%d' % mem_mib)
+        dst_wrapper, dst_count = self.counted('dst-%d' % mem_mib)
+        counts = src_count, dst_count
+        src = Guest('ferry', 'x86_64', 'src', wrapper=src_wrapper,
                     args=file_backed_ram(image, mem_mib) + ['-S'])
-        dst = Guest('ferry', 'x86_64', 'dst', args=anonymous_ram(mem_mib) + [
-            '-S', '-incoming', 'tcp:127.0.0.1:%d' % port])
-        counts = self.counted(src, 'src-%d' % mem_mib), \
-            self.counted(dst, 'dst-%d' % mem_mib)
+        dst = Guest('ferry', 'x86_64', 'dst', wrapper=dst_wrapper,
+                    args=anonymous_ram(mem_mib) + [
+                        '-S', '-incoming', 'tcp:127.0.0.1:%d' % port])
         try:
             src.launch()
             dst.launch()

@@ -2,7 +2,6 @@
 
 import unittest
 
-from ferry import env
 from ferry.linux import linux_guest, script_output
 from ferry.machine import dirty_guest, dirty_pages, pass_counter
 from ferry.pattern import check_dirty_pattern

@@ -6,11 +6,10 @@ digest in a loop; after migration the destination must go on printing
 the spapr/htab section (a radix guest sends the -1 "no HPT" header).
 """
 
-import time
 import unittest
 
 from ferry import env
-from ferry.linux import data_check_script, linux_guest, ticks
+from ferry.linux import data_check_script, linux_guest, ticks, wait_ticks
 from ferry.machine import incoming, wait_migration
 from ferry.migrate import FAST_LINK, set_params
 
@@ -33,15 +32,7 @@ class PseriesInterop(unittest.TestCase):
         info = wait_migration(src, timeout=120)
         self.assertEqual(info['status'], 'completed', info)
         last_src = ticks(src)[-1][0]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            after = ticks(dst)
-            if len(after) >= 3:
-                break
-            time.sleep(0.2)
-        after = ticks(dst)
-        self.assertGreaterEqual(len(after), 3, 'guest silent on the destination:\n'
-                                + dst.serial()[-1000:])
+        after = wait_ticks(dst, 3, timeout=60)
         self.assertTrue(all(state == 'ok' for _, state in ticks(src) + after),
                         'guest data corrupted:\n' + dst.serial()[-1000:])
         self.assertLessEqual(after[0][0], last_src + 1)

@@ -7,7 +7,7 @@ archive (/test.sh), which the kernel unpacks over the first one.
 import os
 import re
 
-from ferry import env
+from ferry import env, wait
 from ferry.cpio import cpio_newc
 from ferry.machine import Guest
 
@@ -76,3 +76,11 @@ TICK = re.compile(r'TICK (\d+) (ok|BAD)')
 def ticks(guest):
     """(count, state) of every TICK line GUEST printed so far."""
     return [(int(n), state) for n, state in TICK.findall(guest.serial())]
+
+
+def wait_ticks(guest, count, timeout):
+    """GUEST's ticks() once it printed at least COUNT of them."""
+    return wait.until(lambda: len(ticks(guest)) >= count and ticks(guest),
+                      timeout, lambda: '%s printed %d ticks, not %d:\n%s'
+                      % (guest._name, len(ticks(guest)), count,
+                         guest.serial()[-1000:]))

@@ -11,9 +11,8 @@ import socket
 import tempfile
 import time
 
-from ferry import env
-from ferry.pattern import (PAGE, PASS_COUNTER, DIRTY_START, page_bytes,
-                           pages_written)
+from ferry import env, wait
+from ferry.pattern import PAGE, PASS_COUNTER, DIRTY_START, page_bytes
 from qemu.machine import QEMUMachine  # noqa: E402  (env sets sys.path)
 
 DIRTY_END = {'x86-dirty.img': 100 << 20, 'x86-dirty-32m.img': 32 << 20,
@@ -27,21 +26,48 @@ def free_port():
 
 
 class Guest(QEMUMachine):
-    """A QEMU process with its serial console written to a file."""
+    """A QEMU process with its serial console written to a file.
+
+    ARGS (and whatever add_args() adds later) describe the guest: its
+    machine, memory and devices.  They are kept in guest_args, so that a
+    destination for it (incoming()) repeats them with its own serial
+    file and RAM file; add_process_args() adds options of this process
+    only (-incoming, -S).  With SHARED_RAM (a size such as '150M') the
+    machine's RAM is a file in /dev/shm that the test maps (ram()), for
+    the machine's 'memory-backend=ferry-ram' to use.  WRAPPER runs QEMU
+    under another program (env, valgrind)."""
 
     def __init__(self, flavour='ferry', target='x86_64', name='vm', args=(),
-                 accel='tcg'):
+                 accel='tcg', shared_ram=None, wrapper=()):
         self.flavour, self.target, self.accel = flavour, target, accel
+        self.shared_ram = shared_ram
         self.tmpdir = tempfile.mkdtemp(prefix='ferry-%s-' % name)
         self.serial_path = os.path.join(self.tmpdir, 'serial.log')
         super().__init__(env.binary(flavour, target), name=name,
-                         base_temp_dir=self.tmpdir, sock_dir=self.tmpdir)
+                         base_temp_dir=self.tmpdir, sock_dir=self.tmpdir,
+                         wrapper=list(wrapper))
         self.set_machine(None)
-        self.add_args('-accel', accel, '-nodefaults',
-                      '-serial', 'file:' + self.serial_path, *args)
+        self.guest_args = []
+        self.add_process_args('-accel', accel, '-nodefaults',
+                              '-serial', 'file:' + self.serial_path)
+        if shared_ram:
+            self.add_process_args(
+                '-object', 'memory-backend-file,id=ferry-ram,size=%s,'
+                'mem-path=%s,share=on' % (shared_ram, self.share_ram()))
+        self.add_args(*args)
 
-    ram_path = None     # dirty_guest(shared_ram=True): RAM file
+    ram_path = None     # shared_ram: the RAM file
+    dirty_end = None    # dirty_guest(): end of the pages the guest writes
     _ram = None
+
+    def add_args(self, *args):
+        """Options that describe the guest, repeated by a destination."""
+        self.guest_args.extend(args)
+        super().add_args(*args)
+
+    def add_process_args(self, *args):
+        """Options of this QEMU process only."""
+        super().add_args(*args)
 
     def share_ram(self):
         """Name this guest's RAM file in /dev/shm (tmpfs: a file on disk
@@ -73,51 +99,41 @@ class Guest(QEMUMachine):
             return ''
 
     def wait_serial(self, text, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def printed():
             if text in self.serial():
-                return
-            if not self.is_running() and text not in self.serial():
-                raise AssertionError('%s exited (%s) before printing %r; log:\n%s'
-                                     % (self._name, self.exitcode(), text,
-                                        self.get_log()))
-            time.sleep(0.1)
-        raise AssertionError('%s did not print %r within %ds; serial:\n%s'
-                             % (self._name, text, timeout, self.serial()[-2000:]))
+                return True
+            if not self.is_running():
+                raise AssertionError('%s exited (%s) before printing %r; log:'
+                                     '\n%s' % (self._name, self.exitcode(),
+                                               text, self.get_log()))
+            return False
+        wait.until(printed, timeout, lambda: '%s did not print %r; serial:'
+                   '\n%s' % (self._name, text, self.serial()[-2000:]))
 
     def read_memory(self, addr, size):
-        """Guest-physical memory [ADDR, ADDR+SIZE) as bytes (pmemsave)."""
-        return self.read_memory_timed(addr, size)[0]
-
-    def read_memory_timed(self, addr, size):
-        """(bytes, start, end): read_memory(), with the monotonic times
-        the pmemsave command was sent and answered, between which QEMU
-        copied the memory in address order while the guest ran."""
+        """Guest-physical memory [ADDR, ADDR+SIZE) as bytes (pmemsave:
+        QEMU copies it under the BQL, so the guest is best stopped)."""
         path = os.path.join(self.tmpdir, 'mem-%x-%x.bin' % (addr, size))
-        start = time.monotonic()
         self.command('pmemsave', val=addr, size=size, filename=path)
-        end = time.monotonic()
         with open(path, 'rb') as f:
             data = f.read()
         os.unlink(path)
-        return data, start, end
+        return data
 
 
 def dirty_guest(image='x86-dirty.img', flavour='ferry', name='src',
                 machine='pc-i440fx-7.2', mem='150M', extra=(), accel='tcg',
-                shared_ram=False):
+                shared_ram=False, wrapper=()):
     """The boot-sector guest that dirties memory (tests/guests/x86-dirty.S);
     x86-dirty-smp.img runs on two vCPUs.  With SHARED_RAM its RAM is a
     file in /dev/shm that the test maps, so that the guest's progress is
     read without asking QEMU (see progress_sample())."""
     smp = ['-smp', '2'] if 'smp' in image else []
-    ram = []
-    g = Guest(flavour, 'x86_64', name, accel=accel)
+    g = Guest(flavour, 'x86_64', name, accel=accel,
+              shared_ram=mem if shared_ram else None, wrapper=wrapper)
     if shared_ram:
-        ram = ['-object', 'memory-backend-file,id=ferry-ram,size=%s,'
-               'mem-path=%s,share=on' % (mem, g.share_ram())]
         machine += ',memory-backend=ferry-ram'
-    g.add_args('-machine', machine, '-m', mem, *smp, *ram,
+    g.add_args('-machine', machine, '-m', mem, *smp,
                '-drive', 'file=%s,format=raw,if=ide,snapshot=on'
                % env.guest(image), *extra)
     g.dirty_end = DIRTY_END[image]
@@ -134,48 +150,51 @@ def pass_counter(guest, counter=PASS_COUNTER):
     return int.from_bytes(guest.read_memory(counter, 4), 'little')
 
 
-def incoming(like, flavour='ferry', name='dst', port=None):
-    """A destination for LIKE: same command line, waiting on a TCP port."""
-    port = port or free_port()
-    dst = Guest(flavour, like.target, name)
-    dst._args = list(like._args)  # same devices; the serial file is dst's own
-    dst._args[dst._args.index('-serial') + 1] = 'file:' + dst.serial_path
-    if like.ram_path:
-        dst._args = [a.replace(like.ram_path, dst.share_ram())
-                     for a in dst._args]
-    dst.add_args('-incoming', 'tcp:127.0.0.1:%d' % port)
-    dst.dirty_end = getattr(like, 'dirty_end', None)
-    dst.uri = 'tcp:127.0.0.1:%d' % port
+def incoming(like, flavour='ferry', name='dst', port=None, uri=None,
+             wrapper=()):
+    """A destination for LIKE: the same guest (LIKE's guest_args, its
+    accelerator, its RAM shared if LIKE's is), waiting on a TCP port, or
+    on URI (e.g. 'defer') if given; dst.uri is where to migrate."""
+    dst = Guest(flavour, like.target, name, args=like.guest_args,
+                accel=like.accel, shared_ram=like.shared_ram, wrapper=wrapper)
+    dst.uri = uri or 'tcp:127.0.0.1:%d' % (port or free_port())
+    dst.add_process_args('-incoming', dst.uri)
+    dst.dirty_end = like.dirty_end
     return dst
 
 
 def wait_migration(src, timeout=120, until=('completed', 'failed', 'cancelled')):
-    """Poll query-migrate on SRC until its status is one of UNTIL."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll query-migrate on SRC until its status is one of UNTIL; the
+    last answer."""
+    def ended():
         info = src.command('query-migrate')
-        if info.get('status') in until:
-            return info
-        time.sleep(0.1)
-    raise AssertionError('migration still %s after %ds' %
-                         (src.command('query-migrate').get('status'), timeout))
+        return info if info.get('status') in until else None
+    return wait.until(ended, timeout, lambda: 'migration still %s' %
+                      src.command('query-migrate').get('status'))
 
 
 def wait_running(vm, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if vm.command('query-status')['status'] == 'running':
-            return
-        time.sleep(0.1)
-    raise AssertionError('%s not running after %ds: %s'
-                         % (vm._name, timeout, vm.command('query-status')))
+    wait.until(lambda: vm.command('query-status')['status'] == 'running',
+               timeout, lambda: '%s not running: %s'
+               % (vm._name, vm.command('query-status')))
 
 
-def shared_progress_sample(guest, counter, start, end):
-    """progress_sample() from the guest's mapped RAM: no QMP, no BQL, so
-    the guest runs undisturbed, and the sample takes microseconds.  The
-    pages' bytes read "pass + 1" up to the writer's position, so a
-    binary search finds it; a pass that ends meanwhile is retried."""
+def progress_sample(guest, counter, start, end):
+    """(seconds, bytes) a guest's writer has dirtied so far by its own
+    count: one 4 KiB page per page write, COUNTER its pass counter and
+    [START, END) the pages it writes, while it runs.
+
+    Read from the guest's mapped RAM (dirty_guest(shared_ram=True)): no
+    QMP, no BQL, so the guest runs undisturbed and the sample takes
+    microseconds.  The pages' bytes read "pass + 1" up to the writer's
+    position, so a binary search finds it; a pass that ends meanwhile
+    is retried.  (QMP pmemsave, the reader before, held the BQL for
+    0.15 s and could not place a writer that finished a pass during the
+    copy; see docs/devel/ferry-dirtylimit.rst.)"""
+    if not guest.ram_path:
+        raise ValueError('%s: progress is read from shared RAM; boot the '
+                         'guest with dirty_guest(shared_ram=True)'
+                         % guest._name)
     ram = guest.ram()
     npages = (end - start) // PAGE
 
@@ -200,30 +219,8 @@ def shared_progress_sample(guest, counter, start, end):
                          % guest._name)
 
 
-def progress_sample(guest, counter, start, end):
-    """(seconds, bytes) a guest's writer has dirtied so far by its own
-    count: one 4 KiB page per page write, COUNTER its pass counter and
-    [START, END) the pages it writes, while it runs.
-
-    pmemsave copies the pages in address order, so it saw the writer's
-    position (the end of the prefix one pass ahead) at about the
-    matching fraction of its run.  A writer fast enough to finish a pass
-    during the copy (2 GB/s does one in 40 ms here, the copy takes 150)
-    leaves no consistent prefix; then the count is the pass counter read
-    right after, which is within one pass of the truth.  pmemsave holds
-    the BQL for its 150 ms; a guest with shared RAM is read without it."""
-    if guest.ram_path:
-        return shared_progress_sample(guest, counter, start, end)
-    passes = pass_counter(guest, counter)
-    data, t0, t1 = guest.read_memory_timed(start, end - start)
-    values = page_bytes(data, start=start, base=start)
-    t2 = time.monotonic()
-    after = pass_counter(guest, counter)
-    if after != passes:
-        return (t2 + time.monotonic()) / 2, after * len(values) * PAGE
-    written = pages_written(values, passes)
-    position = (written - passes * len(values)) / len(values)
-    return t0 + (t1 - t0) * position, written * PAGE
+# The name progress_sample() had while a pmemsave reader existed too.
+shared_progress_sample = progress_sample
 
 
 def guest_progress(guest):
@@ -232,12 +229,16 @@ def guest_progress(guest):
     return progress_sample(guest, PASS_COUNTER, DIRTY_START, guest.dirty_end)
 
 
+def rate_between(before, after):
+    """MB/s (MB = 2^20) between two (seconds, bytes) samples."""
+    return (after[1] - before[1]) / (after[0] - before[0]) / (1 << 20)
+
+
 def guest_rate(guest, seconds):
     """The guest's own dirty rate over SECONDS, in MB/s (MB = 2^20)."""
-    t0, b0 = guest_progress(guest)
+    before = guest_progress(guest)
     time.sleep(seconds)
-    t1, b1 = guest_progress(guest)
-    return (b1 - b0) / (t1 - t0) / (1 << 20)
+    return rate_between(before, guest_progress(guest))
 
 
 def vcpu_progress(guest, cpu):
@@ -252,6 +253,5 @@ def vcpu_rates(guest, seconds):
     """Each vCPU's own dirty rate over SECONDS, in MB/s."""
     before = [vcpu_progress(guest, c) for c in (0, 1)]
     time.sleep(seconds)
-    after = [vcpu_progress(guest, c) for c in (0, 1)]
-    return [(a[1] - b[1]) / (a[0] - b[0]) / (1 << 20)
-            for a, b in zip(after, before)]
+    return [rate_between(b, vcpu_progress(guest, c))
+            for c, b in zip((0, 1), before)]

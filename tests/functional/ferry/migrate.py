@@ -2,6 +2,7 @@
 
 import time
 
+from ferry import wait
 from ferry.machine import (dirty_guest, dirty_pages, incoming, pass_counter,
                            wait_migration, wait_running)
 from ferry.pattern import check_dirty_pattern
@@ -10,37 +11,53 @@ FAST_LINK = 1 << 30        # bytes/s: loopback, effectively unlimited
 
 
 def start_dirty_source(flavour='ferry', image='x86-dirty.img', **kw):
+    """The busy guest (dirty_guest(), KW as there), running its writer."""
     src = dirty_guest(image, flavour=flavour, **kw)
     src.launch()
-    src.wait_serial('FP', timeout=60)
+    try:
+        src.wait_serial('FP', timeout=60)
+    except BaseException:
+        src.shutdown(hard=True)
+        raise
     return src
 
 
-def start_destination(src, flavour='ferry', paused=True):
-    dst = incoming(src, flavour=flavour)
+def start_destination(src, flavour='ferry', paused=True, **kw):
+    """A destination for SRC (incoming(), KW as there), started."""
+    dst = incoming(src, flavour=flavour, **kw)
     if paused:
-        dst.add_args('-S')
+        dst.add_process_args('-S')
     dst.launch()
     return dst
 
 
 class MigrationPairs:
-    """unittest mixin: every VM in self.vms is shut down after the test;
-    pair() starts the busy source and a paused destination for it."""
+    """unittest mixin: pair() starts the busy source and a paused
+    destination for it, destination() another destination; every VM in
+    self.vms is shut down after the test, with HARD_SHUTDOWN killed (a
+    process quit mid-migration may close QMP before it answers)."""
+    hard_shutdown = False
 
     def setUp(self):
         self.vms = []
 
     def tearDown(self):
         for vm in self.vms:
-            vm.shutdown()
+            vm.shutdown(hard=self.hard_shutdown)
+
+    def source(self, flavour='ferry', **kw):
+        src = start_dirty_source(flavour, **kw)
+        self.vms.append(src)
+        return src
+
+    def destination(self, src, flavour='ferry', **kw):
+        dst = start_destination(src, flavour, **kw)
+        self.vms.append(dst)
+        return dst
 
     def pair(self, src_flavour='ferry', dst_flavour='ferry', **kw):
-        src = start_dirty_source(src_flavour, **kw)
-        self.vms.append(src)
-        dst = start_destination(src, dst_flavour)
-        self.vms.append(dst)
-        return src, dst
+        src = self.source(src_flavour, **kw)
+        return src, self.destination(src, dst_flavour)
 
 
 def set_params(vm, **params):
@@ -98,11 +115,8 @@ def wait_loaded(dst, timeout=60):
     'completed' once it has sent the last byte, while the destination may
     still be loading (stock 7.2 decompresses in threads), and reading its
     RAM then finds the last pages old."""
-    deadline = time.monotonic() + timeout
-    while dst.command('query-status')['status'] == 'inmigrate':
-        if time.monotonic() > deadline:
-            raise AssertionError('destination still loading')
-        time.sleep(0.1)
+    wait.until(lambda: dst.command('query-status')['status'] != 'inmigrate',
+               timeout, 'destination still loading')
 
 
 def check_destination(test, src, dst):
@@ -118,11 +132,8 @@ def check_destination(test, src, dst):
     before = pass_counter(dst)
     dst.command('cont')
     wait_running(dst)
-    deadline = time.monotonic() + 30
-    while pass_counter(dst) == before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    test.assertNotEqual(pass_counter(dst), before,
-                        'guest made no progress on the destination')
+    wait.until(lambda: pass_counter(dst) != before, 30,
+               'guest made no progress on the destination', interval=0.2)
     dst.command('stop')
     test.assertIsNone(check_dirty_pattern(dirty_pages(dst)))
 
@@ -131,10 +142,8 @@ def check_source_alive(test, src):
     """After a failed or cancelled migration the source runs on, intact."""
     wait_running(src)
     before = pass_counter(src)
-    deadline = time.monotonic() + 30
-    while pass_counter(src) == before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    test.assertNotEqual(pass_counter(src), before, 'source guest stopped')
+    wait.until(lambda: pass_counter(src) != before, 30,
+               'source guest stopped', interval=0.2)
     src.command('stop')
     test.assertIsNone(check_dirty_pattern(dirty_pages(src)))
     src.command('cont')
