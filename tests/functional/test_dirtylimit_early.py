@@ -14,18 +14,10 @@ import unittest
 
 from ferry import env, wait
 from ferry.migrate import MigrationPairs, check_destination, set_caps, set_params
-from ferry.machine import wait_migration
+from ferry.machine import nonzero_bytes, wait_migration
 
 MiB = 1 << 20
 SKIP_KVM = 'needs a usable /dev/kvm; this host has none'
-
-
-def nonzero_bytes(vm):
-    """Bytes of VM's RAM in pages that are not all zero."""
-    ram, page = vm.ram(), 4096
-    zero = bytes(page)
-    return page * sum(ram[off:off + page] != zero
-                      for off in range(0, len(ram), page))
 
 
 class EarlyLimitChecks(MigrationPairs):

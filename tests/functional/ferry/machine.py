@@ -146,6 +146,14 @@ def dirty_pages(guest):
     return page_bytes(guest.read_memory(DIRTY_START, size), base=DIRTY_START)
 
 
+def nonzero_bytes(guest):
+    """Bytes of GUEST's (shared) RAM in pages that are not all zero: what
+    a first migration pass must send as whole pages."""
+    ram, zero = guest.ram(), bytes(PAGE)
+    return PAGE * sum(ram[off:off + PAGE] != zero
+                      for off in range(0, len(ram), PAGE))
+
+
 def pass_counter(guest, counter=PASS_COUNTER):
     return int.from_bytes(guest.read_memory(counter, 4), 'little')
 
