@@ -17,6 +17,7 @@ from ferry import wait
 from ferry.linux import data_check_script, linux_guest, ticks, wait_ticks
 from ferry.machine import wait_migration
 from ferry.migrate import MigrationPairs, set_caps, set_params
+from ferry.wait import retry_on_noise
 
 SCRIPT = data_check_script(
     setup='dd if=/dev/urandom of=/tmp/src bs=1M count=16 2>/dev/null\n',
@@ -44,8 +45,16 @@ class DirtyLimitPseries(MigrationPairs, unittest.TestCase):
         src.launch()
         src.wait_serial('TICK 3 ok', timeout=240)
         self.check_never_converges_unthrottled(src)
-        self.check_cancel_releases_the_limit(src)
+        # Tick rates over 5 s on this shared host: a free rate of 6.6
+        # ticks/s was once followed by 4.6 after the cancel, both free.
+        retry_on_noise(self.check_cancel_releases_the_limit, src,
+                       prepare_retry=lambda: self.end_migration(src))
         self.check_converges_with_dirty_limit(src)
+
+    def end_migration(self, src):
+        if src.command('query-migrate').get('status') == 'active':
+            src.command('migrate_cancel')
+            wait_migration(src)
 
     def check_never_converges_unthrottled(self, src):
         dst = self.destination(src, paused=False)
