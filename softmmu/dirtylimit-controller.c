@@ -289,8 +289,12 @@ int64_t dirtylimit_controller_run_budget(const DirtyLimitController *c)
     if (c->run_rate <= 0) {
         return DIRTYLIMIT_PROBE_NS;
     }
-    bytes = MAX(c->balance, 0.0) +
-            dl_allowance(c) * DIRTYLIMIT_BATCH_NS / DIRTYLIMIT_NS_PER_SEC;
+    /*
+     * Not counting its credit: a vCPU with credit at hand is charged at
+     * the end of its budget, owes nothing and runs another, a few more
+     * interruptions after an idle spell rather than one large batch.
+     */
+    bytes = dl_allowance(c) * DIRTYLIMIT_BATCH_NS / DIRTYLIMIT_NS_PER_SEC;
     ns = ceil(bytes * DIRTYLIMIT_NS_PER_SEC / c->run_rate);
     return (int64_t)MAX(1.0, MIN(ns, (double)DIRTYLIMIT_MAX_SLEEP_NS));
 }

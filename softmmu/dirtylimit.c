@@ -153,6 +153,9 @@ typedef struct DirtyLimitVcpu {
     int budget_tid;
     bool budget_armed;
     int64_t budget_end_ns;
+    bool budget_probe;              /* arm at the next entry into KVM_RUN */
+    unsigned budget_backoff;        /* budgets in a row that found nothing */
+    int64_t stopped_ns;             /* harvesting itself: it stopped then */
 } DirtyLimitVcpu;
 
 static struct {
@@ -177,7 +180,7 @@ static struct {
 #endif
 
 static int64_t dirtylimit_harvest_interval_us(void);
-static void dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v);
+static bool dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v);
 
 bool dirtylimit_in_service(void)
 {
@@ -256,9 +259,16 @@ static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
     }
 }
 
-/* Charge what @cpu dirtied since its last charge; returns the penalty. */
+/*
+ * Charge what @cpu dirtied since its last charge; returns the penalty.
+ * A vCPU that harvests itself is charged as of when it stopped dirtying:
+ * the controller learns its speed from the time it ran, and waiting for
+ * the dirty log's lock is no part of that.
+ */
 static int64_t dirtylimit_vcpu_charge(CPUState *cpu, DirtyLimitVcpu *v)
 {
+    int64_t now = cpu == current_cpu && v->stopped_ns ? v->stopped_ns
+                                                      : get_clock();
     uint64_t pages, bytes;
     int64_t sleep_ns;
 
@@ -266,7 +276,7 @@ static int64_t dirtylimit_vcpu_charge(CPUState *cpu, DirtyLimitVcpu *v)
     pages = qatomic_read(&cpu->dirty_pages);
     bytes = (pages - v->charged_pages) * qemu_target_page_size();
     qatomic_set(&v->charged_pages, pages);
-    sleep_ns = dirtylimit_controller_charge(&v->ctl, bytes, get_clock());
+    sleep_ns = dirtylimit_controller_charge(&v->ctl, bytes, now);
     qemu_mutex_unlock(&v->lock);
     return sleep_ns;
 }
@@ -289,13 +299,21 @@ bool dirtylimit_vcpu_charge_slice(CPUState *cpu)
 }
 
 /*
- * KVM: the vCPU is about to run: unless its harvests come sooner anyway,
- * have it interrupted (SIG_IPI, as the controller's penalties) when its
- * run budget runs out, so that it dirties a small part of its allowance
- * at a time instead of a harvest interval at full speed.  The timer is
+ * KVM: the vCPU is about to run: have it interrupted (SIG_IPI, as the
+ * controller's penalties) when its run budget runs out, so that it
+ * dirties a small part of its allowance at a time instead of a harvest
+ * interval at full speed.  At large quotas the budget is longer than the
+ * harvest interval and the timer only catches late harvests (the dirty
+ * log's take milliseconds, and a sleeping thread on this host can wake
+ * milliseconds late), at the cost of one timer per penalty.  The timer is
  * aimed at the calling thread and armed there, on the CPU that runs the
  * vCPU, so it fires on time even when the host's other CPUs are idle and
- * slow to wake.
+ * slow to wake.  It is armed when the vCPU gets a limit, after a penalty,
+ * and after a budget that prescribed none.  A budget in which the vCPU
+ * dirtied nothing means it is idle, or that it did not get to run (on a
+ * busy host the timer can fire before the thread is back in KVM_RUN): the
+ * next is twice as long, and none is armed once that is as long as the
+ * harvest interval, so an idle vCPU is left alone after a few.
  */
 static void dirtylimit_vcpu_arm_budget(DirtyLimitVcpu *v)
 {
@@ -312,7 +330,13 @@ static void dirtylimit_vcpu_arm_budget(DirtyLimitVcpu *v)
     qemu_mutex_lock(&v->lock);
     budget = dirtylimit_controller_run_budget(&v->ctl);
     qemu_mutex_unlock(&v->lock);
-    if (budget <= 0 || budget >= dirtylimit_harvest_interval_us() * SCALE_US) {
+    if (v->budget_backoff) {
+        budget <<= MIN(v->budget_backoff, 20);
+        if (budget >= dirtylimit_harvest_interval_us() * SCALE_US) {
+            return;
+        }
+    }
+    if (budget <= 0) {
         return;
     }
     if (v->budget_tid != tid) {
@@ -353,9 +377,9 @@ static void dirtylimit_vcpu_disarm_budget(DirtyLimitVcpu *v)
 
 /*
  * Sleep whatever penalty the vCPU owes, in the vCPU thread, which then
- * runs the guest.
+ * runs the guest.  Returns true if it owed any.
  */
-static void dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
+static bool dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
 {
     int64_t sleep_ns;
 
@@ -374,8 +398,11 @@ static void dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
         qatomic_set(&v->sleeping, false);
         cpu->throttle_us_per_full =
             dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
+        v->budget_backoff = 0;
+        dirtylimit_vcpu_arm_budget(v);
+        return true;
     }
-    dirtylimit_vcpu_arm_budget(v);
+    return false;
 }
 
 void dirtylimit_vcpu_execute(CPUState *cpu)
@@ -387,13 +414,16 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
     }
     qatomic_set(&v->penalty_signalled, false);
     dirtylimit_vcpu_charge(cpu, v);
-    dirtylimit_vcpu_serve(cpu, v);
+    if (!dirtylimit_vcpu_serve(cpu, v) &&
+        qatomic_xchg(&v->budget_probe, false)) {
+        dirtylimit_vcpu_arm_budget(v);
+    }
 }
 
 bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
 {
     DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-    bool penalty, budget;
+    bool penalty, budget, dirtied = false;
 
     if (!v) {
         return false;
@@ -403,16 +433,26 @@ bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
     if (budget) {
         /* The run budget ran out: charge what the vCPU dirtied since. */
         v->budget_armed = false;
-        dirtylimit_vcpu_harvest_self(cpu, v);
+        dirtied = dirtylimit_vcpu_harvest_self(cpu, v);
     }
     if (!penalty && !budget) {
         return false;
     }
     if (dirtylimit_vcpu_wanted(cpu)) {
-        /* It leaves KVM_RUN anyway; dirtylimit_vcpu_execute() serves. */
+        /*
+         * It leaves KVM_RUN anyway; dirtylimit_vcpu_execute() serves, and
+         * arms the next budget.
+         */
+        if (budget) {
+            qatomic_set(&v->budget_probe, true);
+        }
         return false;
     }
-    dirtylimit_vcpu_serve(cpu, v);
+    if (!dirtylimit_vcpu_serve(cpu, v) && budget) {
+        /* Below its quota, for now: another budget. */
+        v->budget_backoff = dirtied ? 0 : v->budget_backoff + 1;
+        dirtylimit_vcpu_arm_budget(v);
+    }
     return true;
 }
 
@@ -580,13 +620,17 @@ static void dirtylimit_harvest_dirty_log(void)
  * A vCPU whose run budget ran out, outside KVM_RUN: harvest what it
  * dirtied and charge it, as the controller thread would have at its next
  * harvest.  Its ring is its own; the dirty log is the VM's, so it is
- * harvested and shared as by the controller thread.
+ * harvested and shared as by the controller thread.  Returns true if the
+ * vCPU had dirtied anything since its last charge.
  */
-static void dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v)
+static bool dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v)
 {
+    uint64_t charged = qatomic_read(&v->charged_pages);
+
     if (!kvm_enabled() || !qatomic_read(&v->limited)) {
-        return;
+        return false;
     }
+    v->stopped_ns = get_clock();
     if (kvm_dirty_ring_enabled()) {
 #ifdef CONFIG_KVM
         kvm_dirty_ring_reap_vcpu(cpu);
@@ -595,6 +639,8 @@ static void dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v)
     } else {
         dirtylimit_harvest_dirty_log();
     }
+    v->stopped_ns = 0;
+    return qatomic_read(&v->charged_pages) != charged;
 }
 
 /* Record a period end and measure the rate over the window (lock held). */
@@ -771,6 +817,8 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
      * budget, so that even its first batch is small.
      */
     if (cpu && kvm_enabled()) {
+        v->budget_backoff = 0;
+        qatomic_set(&v->budget_probe, true);
         qemu_cpu_kick(cpu);
     }
 }

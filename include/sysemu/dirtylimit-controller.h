@@ -77,8 +77,8 @@
  * to a batch, and any window of 10 s sees one batch more or less: +-50 %.
  * dirtylimit_controller_run_budget() says how long a vCPU may run before
  * it should be charged so that a batch is at most DIRTYLIMIT_BATCH_NS of
- * its allowance (more with credit in hand), from its measured speed;
- * until that is known, DIRTYLIMIT_PROBE_NS.
+ * its allowance, from its measured speed; until that is known,
+ * DIRTYLIMIT_PROBE_NS.
  */
 #define DIRTYLIMIT_BATCH_NS             (50 * 1000 * 1000LL)
 #define DIRTYLIMIT_PROBE_NS             (50 * 1000LL)
@@ -231,13 +231,13 @@ int64_t dirtylimit_controller_wakeup(DirtyLimitController *c, int64_t now_ns);
  * @c: the controller
  *
  * How long the vCPU, about to run, may run before it should be charged
- * again, so that what it dirties meanwhile is at most its credit plus
- * DIRTYLIMIT_BATCH_NS of its allowance.  The speed it is assumed to dirty
+ * again, so that what it dirties meanwhile is at most DIRTYLIMIT_BATCH_NS
+ * of its allowance.  The speed it is assumed to dirty
  * at is learnt by charge() from the batches and the time the vCPU ran to
  * dirty them (since wakeup() or charge() last let it run); until a batch
  * has been seen it is DIRTYLIMIT_PROBE_NS.  The integration interrupts
- * the vCPU and charges it when the budget runs out, if its own harvests
- * are further apart.
+ * the vCPU and charges it when the budget runs out, unless a harvest
+ * charged it first.
  *
  * Returns: the budget in ns, 1..DIRTYLIMIT_MAX_SLEEP_NS; 0 when there is
  * no limit.
