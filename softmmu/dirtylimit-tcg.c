@@ -294,6 +294,7 @@ void dirtylimit_tcg_measure_start(void)
     uint64_t npages;
     ArmedPages *window;
 
+    qemu_mutex_lock_iothread();
     assert(!dirtylimit_tcg.measuring);
     npages = dirtylimit_tcg_ram_pages();
     window = g_malloc0(sizeof(*window) + BITS_TO_LONGS(npages) * sizeof(long));
@@ -306,19 +307,28 @@ void dirtylimit_tcg_measure_start(void)
     qemu_thread_create(&dirtylimit_tcg.measure_thread, "dirtyrate-tcg",
                        dirtylimit_tcg_measure_thread, NULL,
                        QEMU_THREAD_JOINABLE);
+    qemu_mutex_unlock_iothread();
 }
 
 uint64_t dirtylimit_tcg_measure_stop(void)
 {
-    ArmedPages *window = dirtylimit_tcg.window;
+    ArmedPages *window;
 
-    assert(dirtylimit_tcg.measuring);
-    /* The thread never takes the BQL, so joining under it is safe. */
+    /*
+     * Join without the BQL: the thread's rcu_unregister_thread() waits
+     * for a grace period in progress, and a TCG vCPU inside cpu_exec()'s
+     * RCU critical section may be waiting for the BQL (this deadlocked
+     * under back-to-back calc-dirty-rate commands).
+     */
     qatomic_set(&dirtylimit_tcg.measure_quit, true);
     qemu_thread_join(&dirtylimit_tcg.measure_thread);
+    qemu_mutex_lock_iothread();
+    assert(dirtylimit_tcg.measuring);
     qatomic_set(&dirtylimit_tcg.measuring, false);
+    window = dirtylimit_tcg.window;
     qatomic_rcu_set(&dirtylimit_tcg.window, NULL);
     g_free_rcu(window, rcu);
     dirtylimit_tcg_uncount();
+    qemu_mutex_unlock_iothread();
     return qatomic_read(&dirtylimit_tcg.window_pages);
 }

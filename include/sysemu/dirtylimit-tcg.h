@@ -71,18 +71,20 @@ void dirtylimit_tcg_rearm(void);
 
 /**
  * dirtylimit_tcg_measure_start: count every vCPU's writes for
- * calc-dirty-rate (BQL held): each vCPU's pages newly dirtied per epoch
- * in CPUState::dirty_pages, as a dirty ring harvested every epoch would,
- * and the pages written at least once until dirtylimit_tcg_measure_stop(),
- * as a dirty bitmap would.  The epochs are the dirty limit controller's
- * while it runs, so a limited vCPU is counted and charged as before, and
- * 1 ms ones started by a thread of the measurement otherwise.
+ * calc-dirty-rate (called without the BQL, which it takes): each vCPU's
+ * pages newly dirtied per epoch in CPUState::dirty_pages, as a dirty ring
+ * harvested every epoch would, and the pages written at least once until
+ * dirtylimit_tcg_measure_stop(), as a dirty bitmap would.  The epochs are
+ * the dirty limit controller's while it runs, so a limited vCPU is counted
+ * and charged as before, and 1 ms ones started by a thread of the
+ * measurement otherwise.
  */
 void dirtylimit_tcg_measure_start(void);
 
 /**
- * dirtylimit_tcg_measure_stop: end the measurement (BQL held) and return
- * the number of pages written at least once since it started.
+ * dirtylimit_tcg_measure_stop: end the measurement (called without the
+ * BQL, which it takes) and return the number of pages written at least
+ * once since it started.
  */
 uint64_t dirtylimit_tcg_measure_stop(void);
 
