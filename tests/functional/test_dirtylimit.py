@@ -248,6 +248,13 @@ class DirtyLimitHolds(BootedOnce):
         self.assertGreater(guest_rate(self.vm, 1), 100)
 
     def test_vcpu_below_its_quota_is_not_penalised(self):
+        # The host's load swings: with other builds running (load 8 on
+        # two cores) a 1024-entry-ring guest counted at 1453 MB/s ran at
+        # 232 MB/s under the quota, with no penalty served, and at full
+        # speed again when counted once more.
+        retry_on_noise(self.check_not_penalised, prepare_retry=self.reboot)
+
+    def check_not_penalised(self):
         # A quota well above what the vCPU dirties (while counted) must
         # never make it sleep: no penalty in the trace, and no loss of
         # speed beyond host noise.  Four times, as this shared host's
