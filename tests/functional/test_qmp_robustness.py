@@ -22,6 +22,7 @@ SEED, printed in the output; FERRY_QMP_SEED=N replays another.
 import json
 import os
 import random
+import socket
 import time
 import unittest
 
@@ -32,6 +33,8 @@ KVM = env.kvm_usable()
 SKIP_KVM = 'needs a usable /dev/kvm; this host has none'
 SEED = int(os.environ.get('FERRY_QMP_SEED', '20261201'))
 CALLS = int(os.environ.get('FERRY_QMP_CALLS', '2000'))  # per accel, phase
+BURSTS = CALLS // 20                # pipelined bursts of BURST calls
+BURST = 10
 SLOW_LINK = 8 << 20                 # bytes/s: the migration never ends
 DOWNTIME_MS = 300
 
@@ -55,6 +58,20 @@ MODES = ['page-sampling', 'dirty-ring', 'dirty-bitmap']
 # query-migrate-parameters leaves out the ones that are not set.
 EXTRA_PARAMETERS = {'tls-creds': 'str', 'tls-hostname': 'str',
                     'tls-authz': 'str', 'block-bitmap-mapping': 'list'}
+# Lines that are not valid QMP (JSON QEMU's parser refuses, or commands
+# of the wrong shape), sent within the pipelined bursts.
+JUNK = [b'{"execute": "calc-dirty-rate", "arguments": {"calc-time": NaN}}',
+        b'{"execute": "set-vcpu-dirty-limit", "arguments": '
+        b'{"dirty-rate": Infinity}}',
+        b'{"execute": "set-vcpu-dirty-limit", "arguments": '
+        b'{"dirty-rate": 1e400}}',
+        b'{"execute": "cancel-vcpu-dirty-limit", "arguments": '
+        b'{"cpu-index": -1e400}}',
+        b'{"execute": 1}', b'[]', b'"calc-dirty-rate"', b'{}',
+        b'{"execute": "query-dirty-rate", "arguments": {}, "extra": 1}',
+        b'{"execute": "migrate-set-capabilities", "arguments": '
+        b'{"capabilities": [{"capability": "dirty-limit", "state": 1}]}}']
+
 # Parameters that decide whether the migration under test ends; they are
 # put back after every change while it runs.
 SLOW = {'max-bandwidth': SLOW_LINK, 'downtime-limit': DOWNTIME_MS}
@@ -198,7 +215,19 @@ class QmpRobustness:
     def setUpClass(cls):
         cls.vm = dirty_guest(image='x86-dirty-smp.img', accel=cls.accel,
                              shared_ram=True)
+        # A second monitor, for commands written back to back without
+        # waiting for each answer (the python library waits).
+        raw = os.path.join(cls.vm.tmpdir, 'raw.qmp')
+        cls.vm.add_args('-qmp', 'unix:%s,server=on,wait=off' % raw)
         cls.vm.launch()
+        cls.raw = socket.socket(socket.AF_UNIX)
+        cls.raw.settimeout(60)
+        cls.raw.connect(raw)
+        cls.raw_file = cls.raw.makefile('rwb')
+        cls.raw_file.readline()                         # the greeting
+        cls.raw_file.write(b'{"execute": "qmp_capabilities"}\n')
+        cls.raw_file.flush()
+        cls.raw_file.readline()
         cls.vm.wait_serial('P', timeout=60)
         cls.params = cls.vm.command('query-migrate-parameters')
         cls.caps = cls.vm.command('query-migrate-capabilities')
@@ -210,6 +239,7 @@ class QmpRobustness:
 
     @classmethod
     def tearDownClass(cls):
+        cls.raw.close()
         cls.vm.shutdown(hard=True)
 
     def fuzz(self, phase, migrating=False):
@@ -237,6 +267,65 @@ class QmpRobustness:
         self.assertIn(('set-vcpu-dirty-limit', 'return'), counts)
         self.check_alive(history)
         return history
+
+    def pipelined(self, phase, migrating=False):
+        """BURSTS bursts of BURST random calls and a few junk lines, each
+        burst written at once; every call carries an id and must get its
+        answer, the junk an error or nothing.  Bursts sometimes start with
+        two valid calc-dirty-rate commands, which once started two
+        measurements."""
+        history = []
+        r = self.rng
+        for b in range(BURSTS):
+            calls = []
+            if r.random() < 0.2:
+                mode = r.choice(MODES)
+                calls += [('calc-dirty-rate', {'calc-time': 1, 'mode': mode})] * 2
+            calls += [self.fuzzer.call() for _ in range(BURST)]
+            lines = []
+            for i, (name, args) in enumerate(calls):
+                msg = {'execute': name, 'id': i}
+                if args != {}:
+                    msg['arguments'] = args
+                lines.append(json.dumps(msg).encode())
+                if r.random() < 0.1:
+                    lines.append(r.choice(JUNK))
+            lines.append(b'{"execute": "query-status", "id": "end"}')
+            history.append('%s burst %d: %s' % (phase, b, b' | '.join(
+                lines).decode()[:2000]))
+            self.send_burst(history, lines, len(calls))
+            if migrating:
+                self.send(history, 'migrate-set-parameters', SLOW)
+            if b % 25 == 24:
+                self.check_alive(history)
+        self.check_alive(history)
+
+    def send_burst(self, history, lines, ncalls):
+        try:
+            self.raw_file.write(b'\n'.join(lines) + b'\n')
+            self.raw_file.flush()
+            answered = set()
+            while True:
+                line = self.raw_file.readline()
+                if not line:
+                    raise EOFError('the monitor closed the connection')
+                reply = json.loads(line)
+                if 'event' in reply:
+                    continue
+                self.assertTrue('return' in reply or
+                                isinstance(reply.get('error', {}).get('desc'),
+                                           str), line)
+                if reply.get('id') == 'end':
+                    break
+                if 'id' in reply:
+                    answered.add(reply['id'])
+        except (OSError, EOFError, ValueError) as e:
+            self.fail('pipelined QMP failed (%r), QEMU %s; last bursts:\n%s'
+                      '\n%s' % (e, 'running' if self.vm.is_running() else
+                                 'exited %s' % self.vm.exitcode(),
+                                 '\n'.join(history[-2:]), self.vm.get_log()))
+        self.assertEqual(answered, set(range(ncalls)), history[-1])
+        self.assertEqual(reply['return']['status'], 'running', history[-1])
 
     def send(self, history, name, args):
         try:
@@ -288,6 +377,7 @@ class QmpRobustness:
 
     def test_1_outside_migration(self):
         self.fuzz('outside migration')
+        self.pipelined('outside migration, pipelined')
         self.check_clean()
 
     def test_2_during_migration(self):
@@ -299,6 +389,7 @@ class QmpRobustness:
             self.vm.command('migrate-set-parameters', **SLOW)
             self.vm.command('migrate', uri=dst.uri)
             history = self.fuzz('during migration', migrating=True)
+            self.pipelined('during migration, pipelined', migrating=True)
             info = self.vm.command('query-migrate')
             self.assertEqual(info['status'], 'active',
                              'the migration ended during the fuzzing: %s\n%s'
