@@ -23,9 +23,10 @@
  *  - At a small quota a harvest interval of free running is seconds of
  *    allowance, which the vCPU would dirty at once and then sleep off.
  *    A vCPU that is about to run after a penalty arms a timer for its
- *    run budget (dirtylimit_controller_run_budget()) when that is shorter
- *    than the harvest interval: the timer's SIG_IPI interrupts KVM_RUN,
- *    and the vCPU harvests and charges itself and serves what it owes.
+ *    run budget (dirtylimit_controller_run_budget(), 50 ms of allowance):
+ *    unless a harvest charged it first, the timer's SIG_IPI interrupts
+ *    KVM_RUN, and the vCPU harvests and charges itself and serves what
+ *    it owes.
  *  - Once a period the thread feeds the measured rate back to each
  *    controller, which trims the bucket so the measured rate sits at the
  *    quota, and reports it as current-rate.
