@@ -23,8 +23,9 @@
  * it did.  When the migration ends every limit it set is removed.
  *
  * Threads: dirtylimit_migration_progress() and
- * dirtylimit_migration_sync_wanted() run in the migration thread without
- * the BQL (progress takes it to act); dirtylimit_migration_stalled()
+ * dirtylimit_migration_sync_wanted() run in the migration thread, progress
+ * without the BQL (it takes it to act; the completion stage's reports,
+ * under the BQL, are ignored); dirtylimit_migration_stalled()
  * runs in the migration thread under the BQL; dirtylimit_migration_end()
  * runs in the main thread once the migration thread has been joined.
  * So the plan is never touched by two threads at once.
@@ -160,7 +161,12 @@ void dirtylimit_migration_progress(uint64_t link_rate)
     int64_t now = get_clock();
 
     plan.link_rate = link_rate;
-    if (plan.phase == DIRTYLIMIT_PLAN_DECIDED || !link_rate) {
+    /*
+     * The completion stage reports too (huge pages are rate-limited page
+     * by page), with the BQL held and the guest stopped: nothing to plan.
+     */
+    if (plan.phase == DIRTYLIMIT_PLAN_DECIDED || !link_rate ||
+        qemu_mutex_iothread_locked()) {
         return;
     }
     if (plan.phase == DIRTYLIMIT_PLAN_IDLE) {
