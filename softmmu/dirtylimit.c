@@ -959,7 +959,9 @@ DirtyLimitInfoList *qmp_query_vcpu_dirty_limit(Error **errp)
         info->cpu_index = i;
         qemu_mutex_lock(&v->lock);
         info->limit_rate = v->quota_mb;
-        info->current_rate = v->current_rate / DIRTYLIMIT_BYTES_PER_MB;
+        /* Rounded: a vCPU held at 1 MB/s measures 0.99 as often as 1.01. */
+        info->current_rate = (v->current_rate + DIRTYLIMIT_BYTES_PER_MB / 2) /
+                             DIRTYLIMIT_BYTES_PER_MB;
         qemu_mutex_unlock(&v->lock);
         QAPI_LIST_APPEND(tail, info);
     }
