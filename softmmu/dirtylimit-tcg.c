@@ -41,6 +41,7 @@
 #include "qemu/rcu.h"
 #include "qemu/thread.h"
 #include "qemu/main-loop.h"
+#include "qemu/timer.h"
 #include "exec/exec-all.h"
 #include "exec/ramlist.h"
 #include "exec/ramblock.h"
@@ -72,6 +73,7 @@ static struct {
     bool limiting;                  /* the dirty limit counts (BQL) */
     bool measuring;                 /* every vCPU traps; read locklessly */
     unsigned epoch;                 /* bumped by every re-arm */
+    int64_t epoch_ns;               /* when it was; read locklessly */
     unsigned *tlb_epoch;            /* per cpu_index: epoch it re-armed */
     ArmedPages *window;             /* RCU; set: written while measuring */
     uint64_t window_pages;          /* bits set in window */
@@ -159,6 +161,26 @@ static void dirtylimit_tcg_note_window(uint64_t page)
     }
 }
 
+/*
+ * The measurement's thread starts its epochs, but on a loaded host a
+ * thread that sleeps 1 ms may wake tens of milliseconds later, and a vCPU
+ * that has counted every page meanwhile would run on uncounted (it read
+ * 20 % to 80 % low with a load average of 6 on two cores).  A counted
+ * vCPU therefore starts an overdue epoch itself; not while a dirty limit
+ * runs, whose controller's epochs are the only ones.
+ */
+static void dirtylimit_tcg_measure_epoch(void)
+{
+    int64_t start = qatomic_read(&dirtylimit_tcg.epoch_ns);
+    int64_t now = get_clock();
+
+    if (!qatomic_read(&dirtylimit_tcg.limiting) &&
+        now - start > 2 * DIRTYLIMIT_TCG_MEASURE_EPOCH_US * SCALE_US &&
+        qatomic_cmpxchg(&dirtylimit_tcg.epoch_ns, start, now) == start) {
+        dirtylimit_tcg_rearm();
+    }
+}
+
 void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
 {
     ArmedPages *armed;
@@ -176,6 +198,7 @@ void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
     qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
     if (qatomic_read(&dirtylimit_tcg.measuring)) {
         dirtylimit_tcg_note_window(page);
+        dirtylimit_tcg_measure_epoch();
     }
     if (dirtylimit_vcpu_charge_slice(cpu)) {
         /* Leave the TB loop at the next TB; tcg_cpus_exec() serves it. */
@@ -193,6 +216,7 @@ void dirtylimit_tcg_rearm(void)
         return;
     }
     RCU_READ_LOCK_GUARD();
+    qatomic_set(&dirtylimit_tcg.epoch_ns, get_clock());
     armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
     /* Arm first: a TLB entry filled after its reset below then traps. */
     bitmap_set_atomic(armed->bits, 0, armed->npages);

@@ -30,6 +30,7 @@ from ferry.pattern import DIRTY_START
 KVM = env.kvm_usable()
 SKIP_KVM = 'needs a usable /dev/kvm; this host has none'
 CALC_TIME = 2                       # seconds, calc-dirty-rate's window
+MARGIN = 0.2                        # seconds of it the guest is not read
 MIB = 1 << 20
 TOLERANCE = 0.15                    # sane for a 2 s window on a noisy host
 QERR_MODE = 'mode %s is not enabled, use other method instead.'
@@ -98,11 +99,15 @@ class DirtyRateModes:
                                                   'mode': mode}, **args)
         if 'error' in reply:
             return reply
-        # The measurement starts as the command returns and lasts
-        # CALC_TIME: the guest is read at both ends of the same window
-        # (under TCG it runs slower while it is counted than outside).
+        # The measurement starts just after the command returns and lasts
+        # CALC_TIME; the guest is read over its middle, from MARGIN after
+        # the command to MARGIN before its end: under TCG the guest runs
+        # ten times faster or more while it is not counted, so even a few
+        # milliseconds of it would skew its rate.
+        time.sleep(MARGIN)
         before = [vcpu_progress(self.vm, c) for c in (0, 1)]
-        time.sleep(max(0, before[0][0] + CALC_TIME - time.monotonic()))
+        time.sleep(max(0, before[0][0] + CALC_TIME - 2 * MARGIN -
+                       time.monotonic()))
         after = [vcpu_progress(self.vm, c) for c in (0, 1)]
         deadline = time.monotonic() + 20
         while True:
@@ -121,8 +126,10 @@ class DirtyRateModes:
         return info, written
 
     def distinct_rate(self, written):
-        """MB/s of pages written at least once in the window."""
-        return sum(min(w, self.half) for w, _ in written) / MIB / CALC_TIME
+        """MB/s of pages written at least once in the window: what each
+        vCPU wrote at its rate over the window, up to its half."""
+        return sum(min(w / s * CALC_TIME, self.half)
+                   for w, s in written) / MIB / CALC_TIME
 
     def check_refused(self, mode):
         reply = self.measure(mode)
@@ -255,14 +262,20 @@ class DirtyRateModes:
                         'vCPU 1 at %.1f MB/s under a %d MB/s limit while '
                         'measured' % (held, quota))
         rates = self.check_ring_rates(info, written, cpus=(1,))
-        # vCPU 0 is unlimited; under TCG it is counted in the limit's
-        # 5 ms epochs then, so at most a page per epoch.
         guest0 = written[0][0] / written[0][1] / MIB
-        if self.accel == 'tcg':
-            guest0 = min(guest0, self.half / MIB / 0.005)
-        self.assertTrue(close(rates[0], guest0),
-                        'vCPU 0: %d MB/s measured, %.0f MB/s expected'
-                        % (rates[0], guest0))
+        if self.accel != 'tcg':
+            self.check_ring_rates(info, written, cpus=(0,))
+            return
+        # vCPU 0 is unlimited; under TCG it is counted in the limit's
+        # epochs then (5 ms, longer on a loaded host), once per page per
+        # epoch: never more than it wrote, and at least half of what one
+        # count per page per 10 ms would give.
+        self.assertLessEqual(rates[0], guest0 * (1 + TOLERANCE) + 2,
+                             'vCPU 0 counted above its writes')
+        floor = 0.5 * min(guest0, self.half / MIB / 0.010)
+        self.assertGreaterEqual(rates[0], floor,
+                                'vCPU 0: %d MB/s measured, it wrote %.0f MB/s'
+                                % (rates[0], guest0))
 
     def test_hmp(self):
         """HMP's calc_dirty_rate goes through the same command."""

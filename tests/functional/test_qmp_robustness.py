@@ -288,14 +288,17 @@ class QmpRobustness:
                 if args != {}:
                     msg['arguments'] = args
                 lines.append(json.dumps(msg).encode())
+                if migrating and name == 'migrate-set-parameters':
+                    # Put the slow link back at once, as in fuzz().
+                    lines.append(json.dumps({
+                        'execute': name, 'arguments': SLOW,
+                        'id': 'slow'}).encode())
                 if r.random() < 0.1:
                     lines.append(r.choice(JUNK))
             lines.append(b'{"execute": "query-status", "id": "end"}')
             history.append('%s burst %d: %s' % (phase, b, b' | '.join(
                 lines).decode()[:2000]))
             self.send_burst(history, lines, len(calls))
-            if migrating:
-                self.send(history, 'migrate-set-parameters', SLOW)
             if b % 25 == 24:
                 self.check_alive(history)
         self.check_alive(history)
@@ -317,7 +320,9 @@ class QmpRobustness:
                                            str), line)
                 if reply.get('id') == 'end':
                     break
-                if 'id' in reply:
+                if reply.get('id') == 'slow':
+                    self.assertIn('return', reply, line)
+                elif 'id' in reply:
                     answered.add(reply['id'])
         except (OSError, EOFError, ValueError) as e:
             self.fail('pipelined QMP failed (%r), QEMU %s; last bursts:\n%s'
