@@ -23,7 +23,7 @@ import time
 import unittest
 import warnings
 
-from ferry import env
+from ferry import env, wait
 from ferry.machine import dirty_guest, vcpu_progress
 from ferry.pattern import DIRTY_START
 
@@ -109,14 +109,13 @@ class DirtyRateModes:
         time.sleep(max(0, before[0][0] + CALC_TIME - 2 * MARGIN -
                        time.monotonic()))
         after = [vcpu_progress(self.vm, c) for c in (0, 1)]
-        deadline = time.monotonic() + 20
-        while True:
+        def measured():
             info = self.vm.command('query-dirty-rate')
-            if info['status'] == 'measured':
-                break
-            self.assertLess(time.monotonic(), deadline,
-                            'calc-dirty-rate never finished: %s' % info)
-            time.sleep(0.05)
+            return info if info['status'] == 'measured' else None
+
+        info = wait.until(measured, 20, lambda: 'calc-dirty-rate never '
+                          'finished: %s' % self.vm.command('query-dirty-rate'),
+                          interval=0.05)
         self.assertEqual(info['mode'], mode)
         written = [(a[1] - b[1], a[0] - b[0]) for a, b in zip(after, before)]
         print('%s %s: %s; guest wrote %s' % (
@@ -283,11 +282,9 @@ class DirtyRateModes:
         out = self.vm.command('human-monitor-command',
                               command_line='calc_dirty_rate %s1' % flag)
         self.assertIn('Starting dirty rate measurement', out)
-        deadline = time.monotonic() + 20
-        while 'Dirty rate: (not ready)' in self.vm.command(
-                'human-monitor-command', command_line='info dirty_rate'):
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.1)
+        wait.until(lambda: 'Dirty rate: (not ready)' not in self.vm.command(
+            'human-monitor-command', command_line='info dirty_rate'), 20,
+            'info dirty_rate never became ready')
         out = self.vm.command('human-monitor-command',
                               command_line='info dirty_rate')
         self.assertRegex(out, r'Dirty rate: [1-9][0-9]* \(MB/s\)')
