@@ -151,17 +151,21 @@ class DirtyRateModes:
         self.assertTrue(events, 'no counting traced under TCG')
         self.assertEqual(events[-1], 'stop', 'TCG still counts writes')
 
+    def check_distinct_rate(self, info, written, how):
+        """calc-dirty-rate's INFO matches the distinct pages the guest
+        WROTE, as measured HOW (in the message)."""
+        distinct = self.distinct_rate(written)
+        self.assertTrue(close(info['dirty-rate'], distinct),
+                        '%s MB/s %s, the guest wrote %.1f MB/s of distinct '
+                        'pages' % (info['dirty-rate'], how, distinct))
+
     def test_page_sampling(self):
         attempts(self.check_page_sampling)
 
     def check_page_sampling(self):
         info, written = self.measure('page-sampling', **{'sample-pages': 4096})
         self.assertEqual(info['sample-pages'], 4096)
-        self.assertTrue(close(info['dirty-rate'],
-                              self.distinct_rate(written)),
-                        '%s MB/s sampled, the guest wrote %.1f MB/s of '
-                        'distinct pages' % (info['dirty-rate'],
-                                            self.distinct_rate(written)))
+        self.check_distinct_rate(info, written, 'sampled')
 
     def test_dirty_bitmap(self):
         if 'dirty-bitmap' in self.refused:
@@ -171,11 +175,7 @@ class DirtyRateModes:
     def check_dirty_bitmap(self):
         info, written = self.measure('dirty-bitmap')
         self.assertEqual(info['sample-pages'], 0)
-        self.assertTrue(close(info['dirty-rate'],
-                              self.distinct_rate(written)),
-                        '%s MB/s by the bitmap, the guest wrote %.1f MB/s of '
-                        'distinct pages' % (info['dirty-rate'],
-                                            self.distinct_rate(written)))
+        self.check_distinct_rate(info, written, 'by the bitmap')
         self.check_counting_stopped()
 
     def test_dirty_bitmap_beside_a_limit(self):
@@ -220,11 +220,7 @@ class DirtyRateModes:
     def check_bitmap_beside_limit(self, quota):
         info, written = self.measure('dirty-bitmap')
         self.check_vcpu1_held(written, quota)
-        self.assertTrue(close(info['dirty-rate'],
-                              self.distinct_rate(written)),
-                        '%s MB/s by the bitmap, the guest wrote %.1f MB/s of '
-                        'distinct pages' % (info['dirty-rate'],
-                                            self.distinct_rate(written)))
+        self.check_distinct_rate(info, written, 'by the bitmap')
 
     def check_ring_rates(self, info, written, cpus=(0, 1)):
         rates = {r['id']: r['dirty-rate'] for r in info['vcpu-dirty-rate']}
