@@ -47,6 +47,20 @@ def make_image(path, mem_mib, seed=42):
     return path
 
 
+def make_random_image(path, mem_mib):
+    """Write (once per size) a RAM image of MEM_MIB MiB of random bytes to
+    PATH: pages no compressor can shrink (encrypted or random guest
+    memory), and none of them zero."""
+    size = mem_mib * MiB
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return path
+    with open(path + '.tmp', 'wb') as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    os.rename(path + '.tmp', path)
+    return path
+
+
 def file_backed_ram(path, mem_mib, share=False):
     """Command-line arguments for a pc guest whose RAM is PATH."""
     return ['-machine', 'pc-i440fx-7.2,memory-backend=mem',
