@@ -8,8 +8,9 @@
  * Save side: the migration thread queues pages in batches and hands each
  * full batch to whichever worker is idle.  A worker copies each page of
  * its batch to a private buffer (a vCPU may write the page meanwhile),
- * sends it as a zero page if it is one, else deflates it with the zlib
- * stream it keeps for the whole migration, and leaves the finished
+ * sends it as a zero page if it is one, else compresses it with the
+ * libdeflate compressor it keeps for the whole migration (or sends it
+ * plain if that does not make it smaller), and leaves the finished
  * records in the batch's output buffer.  The migration thread copies
  * them to the stream when it hands that worker its next batch, or on a
  * flush.
@@ -18,7 +19,9 @@
  * worker that owns its page (pages are spread over the workers by
  * address), and the worker applies the batch.  So every record for one
  * page is applied by one worker in stream order, and compressed, zero and
- * plain records for the same page cannot overtake each other.
+ * plain records for the same page cannot overtake each other.  Each
+ * worker decodes with the libdeflate decompressor it keeps for the whole
+ * migration, straight into guest RAM.
  *
  * Batches are what make this faster than one hand-over per page: a
  * hand-over costs a wake-up each way, which on a busy host is a good part
@@ -26,10 +29,10 @@
  */
 
 #include "qemu/osdep.h"
-#include <zlib.h>
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/thread.h"
+#include "exec/ramblock.h"
 #include "ram-compress.h"
 #include "trace.h"
 
@@ -37,6 +40,15 @@
 #define SAVE_BATCH_PAGES        32
 /* Compressed pages a load batch can hold. */
 #define LOAD_BATCH_PAGES        32
+
+/*
+ * A save worker that met this many pages in a row that did not compress
+ * (random or encrypted memory) stops trying, and tries again only one
+ * page in PROBE_INTERVAL until one compresses: a failed attempt costs as
+ * much as compressing the page, for nothing.
+ */
+#define INCOMPRESSIBLE_RUN      64
+#define PROBE_INTERVAL          16
 
 /*
  * Worker threads take one batch at a time from a producer (the migration
@@ -142,14 +154,14 @@ typedef struct PageBatch {
     uint8_t *out;
     size_t out_len;
     RamCompressSent sent;
-    int deflate_error;
 } PageBatch;
 
 typedef struct SaveWorker {
     Worker w;
     PageBatch *work;        /* the worker's while busy, then its result */
-    z_stream stream;        /* the worker's own, like page */
+    struct libdeflate_compressor *compressor;   /* its own, like page */
     uint8_t *page;
+    unsigned incompressible;    /* pages in a row that did not compress */
 } SaveWorker;
 
 static struct {
@@ -162,6 +174,26 @@ static struct {
     size_t page_size;
 } save;
 
+/* Compress @page into a record at @out, or 0 if it goes plain. */
+static size_t save_try_compress(SaveWorker *sw, uint8_t *out,
+                                ram_addr_t offset)
+{
+    size_t len;
+
+    if (sw->incompressible >= INCOMPRESSIBLE_RUN &&
+        ++sw->incompressible % PROBE_INTERVAL) {
+        return 0;
+    }
+    len = ram_compress_page_record(sw->compressor, out, offset, sw->page,
+                                   save.page_size);
+    if (len) {
+        sw->incompressible = 0;
+    } else if (sw->incompressible < INCOMPRESSIBLE_RUN) {
+        sw->incompressible++;
+    }
+    return len;
+}
+
 static void save_run_batch(Worker *w)
 {
     SaveWorker *sw = container_of(w, SaveWorker, w);
@@ -169,7 +201,7 @@ static void save_run_batch(Worker *w)
     RamCompressSent sent = {};
     uint8_t *out = batch->out;
     unsigned i;
-    int len;
+    size_t len;
 
     for (i = 0; i < batch->count; i++) {
         memcpy(sw->page, batch->host[i], save.page_size);
@@ -178,11 +210,14 @@ static void save_run_batch(Worker *w)
             sent.zero_pages++;
             continue;
         }
-        len = ram_compress_page_record(&sw->stream, out, batch->offset[i],
-                                       sw->page, save.page_size);
-        if (len < 0) {
-            batch->deflate_error = len;
-            break;
+        len = save_try_compress(sw, out, batch->offset[i]);
+        if (!len) {
+            out += ram_compress_plain_record(out, batch->offset[i], sw->page,
+                                             save.page_size);
+            sent.plain_pages++;
+            trace_ram_compress_page_plain(batch->offset[i],
+                                          sw->incompressible);
+            continue;
         }
         out += len;
         sent.pages++;
@@ -197,17 +232,12 @@ static void save_run_batch(Worker *w)
 /* Copy the records of a batch a worker finished to @f; empty it. */
 static void save_collect(QEMUFile *f, PageBatch *batch, RamCompressSent *sent)
 {
-    if (batch->deflate_error) {
-        error_report("Compression of a page failed: zlib error %d",
-                     batch->deflate_error);
-        qemu_file_set_error(f, -EIO);
-        batch->deflate_error = 0;
-    }
     qemu_put_buffer(f, batch->out, batch->out_len);
     sent->bytes += batch->sent.bytes;
     sent->pages += batch->sent.pages;
     sent->compressed_bytes += batch->sent.compressed_bytes;
     sent->zero_pages += batch->sent.zero_pages;
+    sent->plain_pages += batch->sent.plain_pages;
     memset(&batch->sent, 0, sizeof(batch->sent));
     batch->out_len = 0;
     batch->count = 0;
@@ -283,7 +313,8 @@ void ram_compress_save_flush(QEMUFile *f, RamCompressSent *sent)
         worker_wait_idle(&save.workers[i].w);
         save_collect(f, save.workers[i].work, sent);
     }
-    trace_ram_compress_save_flush(sent->pages, sent->zero_pages, sent->bytes);
+    trace_ram_compress_save_flush(sent->pages, sent->plain_pages,
+                                  sent->zero_pages, sent->bytes);
 }
 
 void ram_compress_save_cleanup(void)
@@ -294,7 +325,7 @@ void ram_compress_save_cleanup(void)
         SaveWorker *sw = &save.workers[i];
 
         worker_stop(&sw->w);
-        deflateEnd(&sw->stream);
+        libdeflate_free_compressor(sw->compressor);
         g_free(sw->page);
     }
     for (i = 0; i < save.batch_count; i++) {
@@ -326,9 +357,10 @@ int ram_compress_save_setup(int threads, int level, size_t page_size)
     for (i = 0; i < threads; i++) {
         SaveWorker *sw = &save.workers[i];
 
-        if (deflateInit(&sw->stream, level) != Z_OK) {
-            error_report("Compression setup failed: deflateInit at level %d",
-                         level);
+        sw->compressor = libdeflate_alloc_compressor(level);
+        if (!sw->compressor) {
+            error_report("Compression setup failed: no compressor for "
+                         "level %d", level);
             ram_compress_save_cleanup();
             return -1;
         }
@@ -362,7 +394,7 @@ typedef struct LoadWorker {
     LoadBatch batches[2];
     LoadBatch *fill;        /* the incoming side's */
     LoadBatch *work;        /* the worker's while busy */
-    z_stream stream;        /* the worker's own */
+    struct libdeflate_decompressor *decompressor;  /* the worker's own */
 } LoadWorker;
 
 static struct {
@@ -373,9 +405,10 @@ static struct {
     size_t batch_bytes;
     bool check_errors;
     bool failing;           /* claimed by the first worker that fails */
-    bool failed;            /* set once failure[] is written */
+    bool failed;            /* set once failure_* are written */
     bool failure_reported;
-    char failure[160];      /* why, written before failed is set */
+    const char *failure_why;
+    void *failure_host;     /* the page that failed */
 } load;
 
 static size_t load_record_bytes(size_t data_len)
@@ -383,13 +416,13 @@ static size_t load_record_bytes(size_t data_len)
     return ROUND_UP(sizeof(LoadRecord) + data_len, 8);
 }
 
-static void load_fail(LoadWorker *lw, const char *why)
+static void load_fail(void *host, const char *why)
 {
     if (qatomic_cmpxchg(&load.failing, false, true)) {
         return;
     }
-    snprintf(load.failure, sizeof(load.failure), "%s%s%s", why,
-             lw->stream.msg ? ": " : "", lw->stream.msg ?: "");
+    load.failure_why = why;
+    load.failure_host = host;
     qatomic_store_release(&load.failed, true);
 }
 
@@ -400,11 +433,11 @@ static void load_apply(LoadWorker *lw, LoadRecord *rec)
 
     switch (rec->kind) {
     case LOAD_INFLATE:
-        why = ram_decompress_one(&lw->stream, rec->host, load.page_size,
-                                 data, rec->len);
+        why = ram_decompress_one(lw->decompressor, rec->host,
+                                 load.page_size, data, rec->len);
         if (why && load.check_errors) {
             trace_ram_decompress_failed(rec->host, why);
-            load_fail(lw, why);
+            load_fail(rec->host, why);
         }
         break;
     case LOAD_ZERO:
@@ -441,7 +474,19 @@ static int load_status(void)
         return 0;
     }
     if (!load.failure_reported) {
-        error_report("Compressed page cannot be loaded: %s", load.failure);
+        ram_addr_t offset;
+        RAMBlock *block = qemu_ram_block_from_host(load.failure_host, false,
+                                                   &offset);
+
+        /* postcopy decodes into a bounce page, which no RAMBlock holds */
+        if (block) {
+            error_report("Compressed page cannot be loaded: %s "
+                         "(RAMBlock %s, offset 0x" RAM_ADDR_FMT ")",
+                         load.failure_why, block->idstr, offset);
+        } else {
+            error_report("Compressed page cannot be loaded: %s",
+                         load.failure_why);
+        }
         load.failure_reported = true;
     }
     return -EINVAL;
@@ -489,7 +534,7 @@ int ram_decompress_page(QEMUFile *f, void *host, int len)
 {
     LoadRecord *rec;
 
-    if (len < 0 || len > compressBound(load.page_size)) {
+    if (len < 0 || len > ram_compress_stream_max(load.page_size)) {
         error_report("Invalid compressed data length: %d", len);
         return -EINVAL;
     }
@@ -560,7 +605,7 @@ void ram_decompress_load_cleanup(void)
         LoadWorker *lw = &load.workers[i];
 
         worker_stop(&lw->w);
-        inflateEnd(&lw->stream);
+        libdeflate_free_decompressor(lw->decompressor);
         for (j = 0; j < 2; j++) {
             g_free(lw->batches[j].buf);
         }
@@ -582,13 +627,14 @@ int ram_decompress_load_setup(int threads, size_t page_size,
     load.workers = g_new0(LoadWorker, threads);
     load.page_size = page_size;
     load.batch_bytes = LOAD_BATCH_PAGES *
-                       load_record_bytes(compressBound(page_size));
+                       load_record_bytes(ram_compress_stream_max(page_size));
     load.check_errors = check_errors;
     for (i = 0; i < threads; i++) {
         LoadWorker *lw = &load.workers[i];
 
-        if (inflateInit(&lw->stream) != Z_OK) {
-            error_report("Decompression setup failed: inflateInit");
+        lw->decompressor = libdeflate_alloc_decompressor();
+        if (!lw->decompressor) {
+            error_report("Decompression setup failed: no decompressor");
             ram_decompress_load_cleanup();
             return -1;
         }

@@ -5,11 +5,13 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * The save side compresses RAM pages with zlib in worker threads and
- * writes them to the migration stream in the base's format; the load side
- * inflates them in worker threads.  ram.c decides which pages go through
- * here and keeps the statistics; this module owns the threads, their zlib
- * streams and their buffers, and allocates nothing after setup.
+ * The save side compresses RAM pages in worker threads and writes them
+ * to the migration stream in the base's format (one zlib stream per
+ * page; a page that does not compress goes plain); the load side decodes
+ * them in worker threads.  ram.c decides which pages go through here and
+ * keeps the statistics; this module owns the threads, their libdeflate
+ * compressors and decompressors and their buffers, and allocates nothing
+ * after setup.
  *
  * The stream format is in ram-compress-page.h.
  */
@@ -27,11 +29,13 @@ typedef struct RamCompressSent {
     uint64_t pages;             /* compressed pages */
     uint64_t compressed_bytes;  /* compressed pages minus their headers */
     uint64_t zero_pages;        /* pages the workers found zero */
+    uint64_t plain_pages;       /* pages sent plain: they did not compress */
 } RamCompressSent;
 
 /*
- * ram_compress_save_setup: start @threads workers deflating @page_size
- * pages at zlib @level.  Returns 0, or -1 with nothing left running.
+ * ram_compress_save_setup: start @threads workers compressing @page_size
+ * pages at @level (0..9: libdeflate's levels, which match zlib's).
+ * Returns 0, or -1 with nothing left running.
  */
 int ram_compress_save_setup(int threads, int level, size_t page_size);
 
