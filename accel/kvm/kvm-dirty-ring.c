@@ -41,7 +41,7 @@
  * because the skipped entries named pages that were dirtied, marks all
  * guest memory dirty.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

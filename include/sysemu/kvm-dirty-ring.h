@@ -1,7 +1,7 @@
 /*
  * KVM dirty ring: recovery from an overrun ring
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -10,7 +10,7 @@
  * QEMU inflates with) on exactly this page, and the page must survive a
  * round trip through the source's encoder.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -7,7 +7,7 @@
  * scripts know from 7.2 is still there under the same name.  The series'
  * feature issues add names; none may disappear.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

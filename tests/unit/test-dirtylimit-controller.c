@@ -20,7 +20,7 @@
  * 100 ms and 1000 ms, step changes, noise and a biased measurement; no
  * limit means no sleep; a vCPU that dirties nothing never sleeps.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -7,7 +7,7 @@
  * a guest limited to it a few hundred milliseconds into the first pass
  * is migrated within 1.5 times the first pass, however fast it dirties.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

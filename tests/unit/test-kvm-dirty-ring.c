@@ -9,7 +9,7 @@
  * whether the harvest behind it ended at a full ring or while the vCPU
  * goes on pushing, without ever handing back a slot beyond it.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

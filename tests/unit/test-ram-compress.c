@@ -10,7 +10,7 @@
  * refuses everything that is not exactly one page, each kind of defect
  * with its own reason, without writing outside the destination page.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
