@@ -271,7 +271,7 @@ class DirtyLimitHolds(BootedOnce):
         self.assertEqual(served, [], 'penalised under a %d MB/s quota while '
                          'dirtying %.0f MB/s' % (quota, limited))
         self.vm.command('cancel-vcpu-dirty-limit')
-        # The host's speed can drop between the two measurements (CI saw
+        # The host's speed can drop between the two measurements (e.g.
         # 3321 MB/s counted, then 2071 limited, with no penalty served):
         # measure the counted rate again and compare with the slower one.
         if limited <= 0.7 * counted:
@@ -376,15 +376,16 @@ class DirtyLimitTwoVcpusKvm(TwoVcpusChecks, unittest.TestCase):
 
 
 # 1024-entry rings fill in under 3 ms at this guest's speed, so a late
-# harvest lets the PVM emulator overrun them; until patch 0010 resynced
-# such a ring, an unlimited vCPU 0 exited ring-full once per lap (400-600
-# times a second) whenever vCPU 1 was held, and lost 7-13 % of its speed.
+# harvest lets the PVM emulator overrun them.  Unless the overrun
+# recovery resyncs such a ring's stuck reset index, an unlimited vCPU 0
+# exits ring-full once per lap (400-600 times a second) whenever vCPU 1
+# is held, and loses 7-13 % of its speed.
 @unittest.skipUnless(KVM, SKIP_KVM)
 class DirtyLimitTwoVcpusKvmSmallRing(TwoVcpusChecks, unittest.TestCase):
     accel = 'kvm,dirty-ring-size=1024'
 
 
-# Known defect (issue 3): the dirty log does not say which vCPU dirtied
+# Known defect: the dirty log does not say which vCPU dirtied
 # a page; Ferry shares it by the vCPUs' CPU time, which over-charges a
 # throttled vCPU on PVM (it pays for re-entering the guest): 100 MB/s is
 # usually held at 90-91, and on a busy host the free vCPU 0 has been seen
@@ -392,7 +393,7 @@ class DirtyLimitTwoVcpusKvmSmallRing(TwoVcpusChecks, unittest.TestCase):
 @unittest.skipUnless(KVM, SKIP_KVM)
 @pytest.mark.xfail(strict=False, reason='on the KVM dirty bitmap, the '
                    'CPU-time share of a harvest misattributes pages '
-                   'between the two vCPUs on a busy host (issue 3, open)')
+                   'between the two vCPUs on a busy host')
 class DirtyLimitTwoVcpusKvmBitmap(TwoVcpusChecks, unittest.TestCase):
     accel = 'kvm'
     vcpu1_tolerance = 0.15

@@ -1,12 +1,13 @@
 """A 1 MB/s dirty limit, migration's default vcpu-dirty-limit, held
-within 5 % (issue 13), on the KVM dirty ring (4096 and 1024 entries),
+within 5 %, on the KVM dirty ring (4096 and 1024 entries),
 KVM's dirty bitmap and TCG.
 
 SPEC section 1 asks max(5 %, 1 MB/s), which at 1 MB/s allows anything
 up to 2 MB/s; here the guest's own rate must be 0.95-1.05 MB/s.  A
-vCPU charged only at its harvests dirtied seconds of this quota at once
-(a 2 ms run at 2.7 GB/s is 5 MB) and then slept it off, so a window of
-10-15 s held one such batch more or less: 0.6-1.4 MB/s.  Each class
+vCPU charged only at its harvests would dirty seconds of this quota at
+once (a 2 ms run at 2.7 GB/s is 5 MB) and then sleep it off, so a window
+of 10-15 s would hold one such batch more or less: 0.6-1.4 MB/s; the run
+budget keeps each batch small.  Each class
 boots one guest (tests/guests/x86-dirty.S), reads its progress from its
 shared RAM and holds 1 MB/s over one 12 s window.
 """

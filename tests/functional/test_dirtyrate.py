@@ -3,8 +3,8 @@ under every accelerator: TCG, KVM with its dirty bitmap (plain
 -accel kvm) and KVM with a dirty ring.
 
 Each mode either measures the guest's known dirty rate or refuses with
-the base's clear error; none may crash QEMU (under TCG the dirty-ring and
-dirty-bitmap modes did, stock 7.2 too: issue 13 item 4).  The guest is
+the base's clear error; none may crash QEMU (under TCG stock 7.2's
+dirty-ring and dirty-bitmap modes do).  The guest is
 x86-dirty-smp.img, whose two vCPUs each rewrite half of 1..100 MiB in a
 loop; its progress is read from its shared RAM during the measurement,
 so the expected rate is measured over the same window:

@@ -14,7 +14,7 @@
  * (harvest, wake-up, period, rate change), never page by page, so the
  * whole test takes well under a second.
  *
- * The targets are those of SPEC section 1 / issue 3: quotas of 10, 100
+ * The targets are those of SPEC section 1: quotas of 10, 100
  * and 1000 MB/s held within max(5%, 1 MB/s) averaged over 10 s after a
  * 3 s settle window, with ring sizes of 1024 and 4096 entries, periods of
  * 100 ms and 1000 ms, step changes, noise and a biased measurement; no

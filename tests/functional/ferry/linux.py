@@ -55,7 +55,7 @@ def data_check_script(setup='', per_tick=''):
     after each check (see ticks()).  SETUP runs once before READY,
     PER_TICK before every check.  The loop has no sleep: with 7.2 a
     pseries TCG guest sleeping in the kernel across a migration does not
-    wake up on the destination (noted on issue 5)."""
+    wake up on the destination."""
     return ('dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null\n'
             + setup +
             'want=$(md5sum < /tmp/data)\n'

@@ -5,8 +5,8 @@ import time
 import warnings
 
 # Rate measurements on the shared, noisy PVM host get up to this many
-# tries.  Host slow phases last minutes (CI saw two tries in a row fail
-# together, then the next test pass), so two were not enough.
+# tries.  Host slow phases last minutes, long enough for two tries in a
+# row to fail together and the next to pass, so two are not enough.
 ATTEMPTS = 3
 
 
