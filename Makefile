@@ -22,13 +22,14 @@ BUILD := build
 QEMU_BUILD := $(BUILD)/qemu
 SRC := $(BUILD)/src
 NINJA := ninja
-ifeq ($(FERRY_CCACHE),auto)
-CCACHE := $(shell command -v ccache 2>/dev/null)
-else ifeq ($(FERRY_CCACHE),yes)
-CCACHE := ccache
-else
-CCACHE :=
-endif
+# QEMU compiles through scripts/ferry/cc, which decides at every compile
+# whether to go through ccache (FERRY_CCACHE: auto, yes or no).  The
+# configure line names the wrapper, never ccache, so it is the same
+# whether ccache was installed before make started or by "make deps"
+# during the run: installing ccache, or changing FERRY_CCACHE, neither
+# reconfigures nor rebuilds (ccache does not change what is built).
+export FERRY_CCACHE
+FERRY_CC := $(CURDIR)/scripts/ferry/cc
 
 # Recursive: the base revision is known only after base/fetch ran.
 BASE_REVISION = $(shell cat $(BUILD)/base/REVISION 2>/dev/null)
@@ -39,7 +40,7 @@ QEMU_CONFIGURE_ARGS = \
 	--disable-docs --disable-werror --meson=meson \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
 	--with-pkgversion="Ferry, Debian $(BASE_REVISION)" \
-	--cc="$(strip $(CCACHE) gcc)" --cxx="$(strip $(CCACHE) g++)" \
+	--cc="$(FERRY_CC) gcc" --cxx="$(FERRY_CC) g++" \
 	$(FERRY_EXTRA_QEMU_ARGS)
 
 EMULATORS := $(foreach t,$(subst $(comma), ,$(FERRY_TARGETS)),qemu-system-$(t:-softmmu=))
