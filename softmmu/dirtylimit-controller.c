@@ -42,7 +42,7 @@
  *   vCPU last started to run or was charged), so the integration can stop
  *   it after a fraction of its allowance.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -206,7 +206,6 @@ static int64_t dl_prescribe(DirtyLimitController *c, int64_t now_ns)
     }
     /* Only newly reserved time counts as throttling. */
     c->throttle_ns_total += wake_ns - start_ns;
-    c->period_throttle_ns += wake_ns - start_ns;
     c->last_ns = wake_ns;
     if (wake_ns > now_ns) {
         c->last_sleep_ns = wake_ns - now_ns;
@@ -220,7 +219,6 @@ int64_t dirtylimit_controller_charge(DirtyLimitController *c,
     int64_t sleep_ns;
 
     dirtied_bytes = MIN(dirtied_bytes, DL_MAX_BATCH);
-    c->charged_total += dirtied_bytes;
     c->period_charged += dirtied_bytes;
     c->period_max_batch = MAX(c->period_max_batch, dirtied_bytes);
 
@@ -360,7 +358,6 @@ void dirtylimit_controller_feedback(DirtyLimitController *c,
     }
 
     /* Close the period. */
-    c->last_period_throttle_ns = c->period_throttle_ns;
     if (c->quota) {
         c->ev_charged += c->period_charged;
         c->ev_measured += measured_bytes;
@@ -369,16 +366,10 @@ void dirtylimit_controller_feedback(DirtyLimitController *c,
     }
     c->period_charged = 0;
     c->period_max_batch = 0;
-    c->period_throttle_ns = 0;
 
     if (c->quota) {
         dl_trim_update(c);
     }
-}
-
-uint64_t dirtylimit_controller_quota(const DirtyLimitController *c)
-{
-    return c->quota;
 }
 
 double dirtylimit_controller_trim(const DirtyLimitController *c)
@@ -404,12 +395,6 @@ uint64_t dirtylimit_controller_penalties(const DirtyLimitController *c)
 int64_t dirtylimit_controller_last_sleep_ns(const DirtyLimitController *c)
 {
     return c->last_sleep_ns;
-}
-
-int64_t
-dirtylimit_controller_period_throttle_ns(const DirtyLimitController *c)
-{
-    return c->last_period_throttle_ns;
 }
 
 uint64_t dirtylimit_share(uint64_t pages, int64_t used_ns, int64_t total_ns,

@@ -30,7 +30,7 @@
  * in the controller thread; the caller serialises all calls on one
  * controller (a per-vCPU mutex is enough; every call is O(1)).
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -131,7 +131,6 @@ typedef struct DirtyLimitController {
     /* Counters of the feedback period in progress. */
     uint64_t period_charged;
     uint64_t period_max_batch;
-    int64_t period_throttle_ns;
 
     /* Feedback evidence, accumulated over periods under a limit. */
     double ev_charged;
@@ -151,8 +150,6 @@ typedef struct DirtyLimitController {
     int64_t throttle_ns_total;  /* all sleep prescribed, each ns once */
     uint64_t penalties;         /* charges that prescribed a sleep */
     int64_t last_sleep_ns;      /* the most recent non-zero sleep */
-    int64_t last_period_throttle_ns; /* sleep prescribed in last period */
-    uint64_t charged_total;     /* all bytes charged */
 } DirtyLimitController;
 
 /*
@@ -266,9 +263,6 @@ void dirtylimit_controller_feedback(DirtyLimitController *c,
                                     uint64_t measured_bytes,
                                     int64_t period_ns);
 
-/* The quota in bytes/s, 0 when there is no limit. */
-uint64_t dirtylimit_controller_quota(const DirtyLimitController *c);
-
 /* The current trim (1.0 when measurement and charges agree). */
 double dirtylimit_controller_trim(const DirtyLimitController *c);
 
@@ -286,10 +280,6 @@ uint64_t dirtylimit_controller_penalties(const DirtyLimitController *c);
 
 /* The most recent non-zero sleep prescribed, in ns (0 if none yet). */
 int64_t dirtylimit_controller_last_sleep_ns(const DirtyLimitController *c);
-
-/* Sleep prescribed during the last complete feedback period, in ns. */
-int64_t
-dirtylimit_controller_period_throttle_ns(const DirtyLimitController *c);
 
 /**
  * dirtylimit_share: the part of @pages, dirtied by all vCPUs together
