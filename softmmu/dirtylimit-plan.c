@@ -3,7 +3,7 @@
  *
  * See include/sysemu/dirtylimit-plan.h for the rule and its derivation.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

@@ -33,7 +33,7 @@
  *
  * Units: bytes, bytes per second, nanoseconds.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
