@@ -30,7 +30,7 @@
  * runs in the main thread once the migration thread has been joined.
  * So the plan is never touched by two threads at once.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -45,6 +45,7 @@
 #include "sysemu/dirtylimit.h"
 #include "sysemu/dirtylimit-controller.h"
 #include "sysemu/dirtylimit-plan.h"
+#include "dirtylimit-internal.h"
 #include "trace.h"
 
 /*

@@ -1,5 +1,5 @@
 /*
- * Dirty limit without a dirty ring: TCG counts what each vCPU dirties
+ * vCPU dirty page rate limit: the TCG backend, counting each vCPU's writes
  *
  * Under KVM a limited vCPU's dirty pages are counted by harvesting its
  * dirty ring; TCG has no ring, so this file counts them in TCG's own
@@ -11,7 +11,8 @@
  * counts it in CPUState::dirty_pages, and whenever the vCPU has dirtied
  * a slice of its quota charges it and, if it owes a penalty, makes it
  * leave the TB loop to pay it.
- * Once per epoch the controller thread re-arms every page and the limited
+ * Once per epoch (the backend's harvest()) the controller thread
+ * re-arms every page and the limited
  * vCPUs' TLBs are flagged again (dirtylimit_tcg_arm_tlb()), the way a
  * migration bitmap sync does, so the count is "pages newly dirtied per
  * epoch": the semantics of a dirty ring harvested every epoch.
@@ -31,7 +32,7 @@
  * and charged exactly as without the measurement: the epochs are the
  * controller's whenever it runs.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -48,8 +49,10 @@
 #include "exec/target_page.h"
 #include "hw/boards.h"
 #include "hw/core/cpu.h"
-#include "sysemu/dirtylimit.h"
+#include "qapi/error.h"
+#include "sysemu/tcg.h"
 #include "sysemu/dirtylimit-tcg.h"
+#include "dirtylimit-internal.h"
 #include "trace.h"
 
 typedef struct ArmedPages {
@@ -66,6 +69,16 @@ typedef struct ArmedPages {
  * are used instead (shorter ones would charge its vCPUs more).
  */
 #define DIRTYLIMIT_TCG_MEASURE_EPOCH_US 1000
+/*
+ * The dirty limit's counting epoch, and the share of the quota a vCPU
+ * may dirty between charges.  The epoch is as short as the interval
+ * between harvests of a 4096-entry ring, so a page rewritten within it
+ * counts once, as the ring would record it.
+ */
+#define DIRTYLIMIT_TCG_EPOCH_US         5000
+#define DIRTYLIMIT_TCG_SLICE_US         2000
+/* ... and at most a large dirty ring's worth, however large the quota. */
+#define DIRTYLIMIT_TCG_SLICE_MAX_PAGES  4096
 
 static struct {
     ArmedPages *armed;              /* RCU; grows with the RAM, never shrinks */
@@ -75,6 +88,7 @@ static struct {
     unsigned epoch;                 /* bumped by every re-arm */
     int64_t epoch_ns;               /* when it was; read locklessly */
     unsigned *tlb_epoch;            /* per cpu_index: epoch it re-armed */
+    uint64_t *slice_pages;          /* per cpu_index: pages between charges */
     ArmedPages *window;             /* RCU; set: written while measuring */
     uint64_t window_pages;          /* bits set in window */
     QemuThread measure_thread;      /* epochs while nothing else starts them */
@@ -134,7 +148,7 @@ static bool dirtylimit_tcg_update_counted(CPUState *cpu)
  * TLB, whichever RAMBlock an entry maps), once per @epoch.  A vCPU that
  * takes trapped writes re-arms its own TLB at the first one of an epoch:
  * from another thread the walk would spin on the TLB lock, which a vCPU
- * busy filling its TLB holds nearly all the time (that spinning took half
+ * busy filling its TLB holds nearly all the time (spinning that costs half
  * a core).  The controller thread re-arms only the quiet ones.
  */
 static void dirtylimit_tcg_arm_tlb(CPUState *cpu, unsigned epoch)
@@ -162,51 +176,10 @@ static void dirtylimit_tcg_note_window(uint64_t page)
 }
 
 /*
- * The measurement's thread starts its epochs, but on a loaded host a
- * thread that sleeps 1 ms may wake tens of milliseconds later, and a vCPU
- * that has counted every page meanwhile would run on uncounted (it read
- * 20 % to 80 % low with a load average of 6 on two cores).  A counted
- * vCPU therefore starts an overdue epoch itself; not while a dirty limit
- * runs, whose controller's epochs are the only ones.
+ * Start a new counting epoch: every page is armed again and counted
+ * vCPUs' TLBs trap their next write to any RAM page.
  */
-static void dirtylimit_tcg_measure_epoch(void)
-{
-    int64_t start = qatomic_read(&dirtylimit_tcg.epoch_ns);
-    int64_t now = get_clock();
-
-    if (!qatomic_read(&dirtylimit_tcg.limiting) &&
-        now - start > 2 * DIRTYLIMIT_TCG_MEASURE_EPOCH_US * SCALE_US &&
-        qatomic_cmpxchg(&dirtylimit_tcg.epoch_ns, start, now) == start) {
-        dirtylimit_tcg_rearm();
-    }
-}
-
-void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
-{
-    ArmedPages *armed;
-    uint64_t page = dirtylimit_tcg_page(addr);
-
-    if (!dirtylimit_tcg_write_trapped(cpu, addr)) {
-        return;
-    }
-    dirtylimit_tcg_arm_tlb(cpu, qatomic_read(&dirtylimit_tcg.epoch));
-    armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
-    if (!bitmap_test_and_clear_atomic(armed->bits, page, 1)) {
-        return;                     /* another vCPU counted it first */
-    }
-    /* Only this vCPU's thread writes its count. */
-    qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
-    if (qatomic_read(&dirtylimit_tcg.measuring)) {
-        dirtylimit_tcg_note_window(page);
-        dirtylimit_tcg_measure_epoch();
-    }
-    if (dirtylimit_vcpu_charge_slice(cpu)) {
-        /* Leave the TB loop at the next TB; tcg_cpus_exec() serves it. */
-        cpu_exit(cpu);
-    }
-}
-
-void dirtylimit_tcg_rearm(void)
+static void dirtylimit_tcg_rearm(void)
 {
     ArmedPages *armed;
     CPUState *cpu;
@@ -232,6 +205,70 @@ void dirtylimit_tcg_rearm(void)
             qatomic_read(&dirtylimit_tcg.tlb_epoch[cpu->cpu_index]) != epoch) {
             tlb_reset_dirty(cpu, 0, RAM_ADDR_MAX);
         }
+    }
+}
+
+/*
+ * The measurement's thread starts its epochs, but on a loaded host a
+ * thread that sleeps 1 ms may wake tens of milliseconds later, and a vCPU
+ * that has counted every page meanwhile would run on uncounted (at a
+ * load average of 6 on two cores the rate reads 20 % to 80 % low).  A counted
+ * vCPU therefore starts an overdue epoch itself; not while a dirty limit
+ * runs, whose controller's epochs are the only ones.
+ */
+static void dirtylimit_tcg_measure_epoch(void)
+{
+    int64_t start = qatomic_read(&dirtylimit_tcg.epoch_ns);
+    int64_t now = get_clock();
+
+    if (!qatomic_read(&dirtylimit_tcg.limiting) &&
+        now - start > 2 * DIRTYLIMIT_TCG_MEASURE_EPOCH_US * SCALE_US &&
+        qatomic_cmpxchg(&dirtylimit_tcg.epoch_ns, start, now) == start) {
+        dirtylimit_tcg_rearm();
+    }
+}
+
+/*
+ * Once limited @cpu has dirtied a slice of its quota since its last
+ * charge, charge it in place; true if it then owes a penalty and should
+ * leave the TB loop to pay it.  A vCPU below its quota never leaves.
+ */
+static bool dirtylimit_tcg_charge_slice(CPUState *cpu)
+{
+    if (!dirtylimit_vcpu_limited(cpu) ||
+        dirtylimit_vcpu_uncharged(cpu) <
+        qatomic_read(&dirtylimit_tcg.slice_pages[cpu->cpu_index])) {
+        return false;
+    }
+    if (dirtylimit_vcpu_charge(cpu) <= 0) {
+        return false;
+    }
+    dirtylimit_vcpu_owes(cpu);
+    return true;
+}
+
+void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr)
+{
+    ArmedPages *armed;
+    uint64_t page = dirtylimit_tcg_page(addr);
+
+    if (!dirtylimit_tcg_write_trapped(cpu, addr)) {
+        return;
+    }
+    dirtylimit_tcg_arm_tlb(cpu, qatomic_read(&dirtylimit_tcg.epoch));
+    armed = qatomic_rcu_read(&dirtylimit_tcg.armed);
+    if (!bitmap_test_and_clear_atomic(armed->bits, page, 1)) {
+        return;                     /* another vCPU counted it first */
+    }
+    /* Only this vCPU's thread writes its count. */
+    qatomic_set(&cpu->dirty_pages, cpu->dirty_pages + 1);
+    if (qatomic_read(&dirtylimit_tcg.measuring)) {
+        dirtylimit_tcg_note_window(page);
+        dirtylimit_tcg_measure_epoch();
+    }
+    if (dirtylimit_tcg_charge_slice(cpu)) {
+        /* Leave the TB loop at the next TB; tcg_cpus_exec() serves it. */
+        cpu_exit(cpu);
     }
 }
 
@@ -284,13 +321,13 @@ static void dirtylimit_tcg_uncount(void)
     }
 }
 
-void dirtylimit_tcg_start(void)
+static void dirtylimit_tcg_start(void)
 {
     dirtylimit_tcg.limiting = true;
     dirtylimit_tcg_count();
 }
 
-void dirtylimit_tcg_stop(void)
+static void dirtylimit_tcg_stop(void)
 {
     dirtylimit_tcg.limiting = false;
     dirtylimit_tcg_uncount();
@@ -341,8 +378,8 @@ uint64_t dirtylimit_tcg_measure_stop(void)
     /*
      * Join without the BQL: the thread's rcu_unregister_thread() waits
      * for a grace period in progress, and a TCG vCPU inside cpu_exec()'s
-     * RCU critical section may be waiting for the BQL (this deadlocked
-     * under back-to-back calc-dirty-rate commands).
+     * RCU critical section may be waiting for the BQL: joining under it
+     * would deadlock.
      */
     qatomic_set(&dirtylimit_tcg.measure_quit, true);
     qemu_thread_join(&dirtylimit_tcg.measure_thread);
@@ -355,4 +392,56 @@ uint64_t dirtylimit_tcg_measure_stop(void)
     dirtylimit_tcg_uncount();
     qemu_mutex_unlock_iothread();
     return qatomic_read(&dirtylimit_tcg.window_pages);
+}
+
+/*
+ * Round-robin TCG runs every vCPU in one thread: one vCPU's penalty would
+ * stop them all.
+ */
+static bool dirtylimit_tcg_usable(Error **errp)
+{
+    if (!tcg_enabled()) {
+        return false;
+    }
+    if (!qemu_tcg_mttcg_enabled()) {
+        error_setg(errp, "dirty page limit under TCG requires multi-threaded"
+                   " TCG (-accel tcg,thread=multi)");
+        return false;
+    }
+    return true;
+}
+
+static void dirtylimit_tcg_init(int max_cpus)
+{
+    dirtylimit_tcg.slice_pages = g_new0(uint64_t, max_cpus);
+}
+
+/* TCG counts as the vCPU writes; the interval is its counting epoch. */
+static int64_t dirtylimit_tcg_harvest_interval_us(void)
+{
+    return DIRTYLIMIT_TCG_EPOCH_US;
+}
+
+static void dirtylimit_tcg_set_quota(int cpu_index, uint64_t quota)
+{
+    qatomic_set(&dirtylimit_tcg.slice_pages[cpu_index],
+                MIN(DIRTYLIMIT_TCG_SLICE_MAX_PAGES,
+                    MAX(1, quota / qemu_target_page_size() *
+                           DIRTYLIMIT_TCG_SLICE_US / G_USEC_PER_SEC)));
+}
+
+static const DirtyLimitBackend dirtylimit_tcg_backend = {
+    .name = "tcg",
+    .usable = dirtylimit_tcg_usable,
+    .init = dirtylimit_tcg_init,
+    .start = dirtylimit_tcg_start,
+    .stop = dirtylimit_tcg_stop,
+    .harvest_interval_us = dirtylimit_tcg_harvest_interval_us,
+    .harvest = dirtylimit_tcg_rearm,
+    .set_quota = dirtylimit_tcg_set_quota,
+};
+
+static void __attribute__((constructor)) dirtylimit_tcg_register(void)
+{
+    dirtylimit_backend_register(&dirtylimit_tcg_backend);
 }

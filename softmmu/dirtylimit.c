@@ -1,56 +1,40 @@
 /*
- * vCPU dirty page rate limit ("dirty limit")
+ * vCPU dirty page rate limit ("dirty limit"): the core
  *
  * Caps how fast each vCPU may dirty guest memory so that a busy guest
  * becomes migratable without slowing vCPUs that dirty little.  This file
- * owns the per-vCPU limits, the controller thread and the QMP/HMP
- * commands; the penalty itself is computed by the pure controller in
- * softmmu/dirtylimit-controller.c.
+ * owns the per-vCPU limits, the controller thread, the penalties and the
+ * QMP/HMP commands; the penalty itself is computed by the pure controller
+ * in softmmu/dirtylimit-controller.c, and what each vCPU dirtied is
+ * counted by one backend (softmmu/dirtylimit-internal.h): the KVM dirty
+ * ring, the KVM dirty log or TCG's write path.
  *
- * How it works with the KVM dirty ring:
- *  - Every few milliseconds the controller thread harvests each limited
- *    vCPU's dirty ring while the vCPU runs (accel/kvm/kvm-all.c counts
- *    the pages in CPUState::dirty_pages), so rings are harvested long
- *    before they fill; a ring that overflows anyway is recovered by
- *    kvm-all.c.  The harvested pages are charged to the vCPU's leaky
- *    bucket: the vCPU's dirty rate cannot exceed its quota over any
- *    interval, however small the quota.
- *  - Only when the bucket prescribes a penalty does the thread signal the
- *    vCPU, which serves it where KVM_RUN returned, without the BQL
+ * How it works:
+ *  - Every harvest interval the controller thread has the backend count
+ *    what each limited vCPU dirtied (in CPUState::dirty_pages) and charge
+ *    it to the vCPU's leaky bucket: the vCPU's dirty rate cannot exceed
+ *    its quota over any interval, however small the quota.
+ *  - Only when the bucket prescribes a penalty is the vCPU made to leave
+ *    the guest, and it serves the penalty there, without the BQL
  *    (dirtylimit_vcpu_serve_signal()); a vCPU below its quota is never
- *    stopped at all.  Pages a vCPU harvests itself at a ring-full exit
- *    are charged by dirtylimit_vcpu_execute() before it re-enters.
+ *    stopped at all.  Pages a vCPU counted itself (a ring-full exit) are
+ *    charged by dirtylimit_vcpu_execute() before it re-enters.
  *  - At a small quota a harvest interval of free running is seconds of
  *    allowance, which the vCPU would dirty at once and then sleep off.
- *    A vCPU that is about to run after a penalty arms a timer for its
- *    run budget (dirtylimit_controller_run_budget(), 50 ms of allowance):
- *    unless a harvest charged it first, the timer's SIG_IPI interrupts
- *    KVM_RUN, and the vCPU harvests and charges itself and serves what
- *    it owes.
+ *    Under a backend that only counts by harvesting, a vCPU that is
+ *    about to run after a penalty arms a timer for its run budget
+ *    (dirtylimit_controller_run_budget(), 50 ms of allowance): unless a
+ *    harvest charged it first, the timer interrupts the guest, and the
+ *    vCPU harvests and charges itself and serves what it owes.
  *  - Once a period the thread feeds the measured rate back to each
  *    controller, which trims the bucket so the measured rate sits at the
  *    quota, and reports it as current-rate.
- *
- * KVM without a dirty ring: the controller thread harvests the VM's dirty
- * log instead (kvm_dirty_log_harvest()), which says which pages were
- * dirtied but not by whom.  Each harvest's pages are shared among the
- * vCPUs in proportion to the CPU time their threads used since the last
- * one: a halted or penalised vCPU uses none and is charged none, and
- * vCPUs that dirty alike are each charged what they dirtied.  Penalties
- * are signalled and served as with the ring.
- *
- * Under TCG, softmmu/dirtylimit-tcg.c counts each limited vCPU's first
- * write to a page per epoch in TCG's write path; whenever the vCPU has
- * dirtied a slice of its quota it is charged there, and leaves the TB
- * loop only to pay a penalty it owes: the same leaky bucket, paid in time
- * slices rather than at ring-full exits.  The controller thread starts a
- * new epoch where it would harvest.
  *
  * Locking: the QMP/HMP commands and the migration hooks run under the
  * BQL; a vCPU's controller is guarded by its own mutex, so vCPU threads
  * and the controller thread never take the BQL here.
  *
- * Copyright (c) 2026 The Ferry developers
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -64,30 +48,24 @@
 #include "qemu/rcu.h"
 #include "qemu/thread.h"
 #include "qemu/timer.h"
-#include "exec/memory.h"
 #include "exec/target_page.h"
 #include "hw/boards.h"
 #include "hw/core/cpu.h"
 #include "monitor/hmp.h"
 #include "monitor/monitor.h"
-#include "sysemu/kvm.h"
-#include "sysemu/tcg.h"
 #include "sysemu/dirtylimit.h"
 #include "sysemu/dirtylimit-controller.h"
-#include "sysemu/dirtylimit-tcg.h"
-#include "sysemu/kvm-dirty-ring.h"
+#include "dirtylimit-internal.h"
 #include "trace.h"
 
 /* Feedback period of limits set by the user (migration sets its own). */
 #define DIRTYLIMIT_DEFAULT_PERIOD_MS    1000
-/* Largest quota accepted, in MB/s: far above any memory bandwidth. */
-#define DIRTYLIMIT_MAX_RATE_MB          (1 << 20)
 /*
  * Longest nap between checks for a stop request while penalised.  A KVM
  * vCPU's nap ends at once when it is kicked (SIG_IPI interrupts it); a
  * TCG vCPU is kicked without a signal and notices within a nap.  Naps of
- * 1 ms woke the thread a thousand times a second and cost the other vCPU
- * of the two-vCPU guest about 10 % under TCG.
+ * 1 ms would wake the thread a thousand times a second, which costs the
+ * other vCPU of a two-vCPU TCG guest about 10 %.
  */
 #define DIRTYLIMIT_NAP_NS               (10 * SCALE_MS)
 /*
@@ -96,26 +74,8 @@
  * apart, so a single period can hold none or two of them.
  */
 #define DIRTYLIMIT_RATE_WINDOW          4
-/*
- * TCG: a counting epoch, and the share of the quota a vCPU may dirty
- * between charges.  The epoch is as short as the interval between
- * harvests of a 4096-entry ring, so a page rewritten within it counts
- * once, as the ring would record it.
- */
-#define DIRTYLIMIT_TCG_EPOCH_US         5000
-#define DIRTYLIMIT_TCG_SLICE_US         2000
-/* ... and at most a large dirty ring's worth, however large the quota. */
-#define DIRTYLIMIT_TCG_SLICE_MAX_PAGES  4096
-/*
- * KVM dirty log: a vCPU runs unchecked from one harvest to the next, and
- * each penalty it is signalled to serve costs an exit that the sharing
- * counts as its use.  Small quotas need small batches, large ones few
- * signals: harvest every DIRTYLIMIT_LOG_US_PER_MB us per MB/s of the
- * smallest quota, within these bounds.
- */
-#define DIRTYLIMIT_LOG_HARVEST_MIN_US   500
-#define DIRTYLIMIT_LOG_HARVEST_MAX_US   2000
-#define DIRTYLIMIT_LOG_US_PER_MB        20
+/* One backend per accelerator flavour: ring, dirty log, TCG. */
+#define DIRTYLIMIT_MAX_BACKENDS         4
 
 typedef struct DirtyLimitVcpu {
     QemuMutex lock;                 /* guards ctl and the page counts */
@@ -126,7 +86,6 @@ typedef struct DirtyLimitVcpu {
     bool sleeping;                  /* serving a penalty: dirties nothing */
     bool penalty_signalled;         /* asked to leave and serve a penalty */
     uint64_t quota_mb;
-    uint64_t slice_pages;           /* TCG: pages dirtied between charges */
     uint64_t charged_pages;         /* CPUState::dirty_pages charged so far */
     uint64_t period_pages;          /* CPUState::dirty_pages at period start */
     /* (time, dirty_pages) at the last period ends, for current-rate */
@@ -135,31 +94,19 @@ typedef struct DirtyLimitVcpu {
     unsigned window_next;
     uint64_t current_rate;          /* bytes/s over the window */
     /*
-     * KVM dirty log: CPU time the vCPU thread spent serving penalties,
-     * its CPU time net of that at the last harvest, its use since then,
-     * and the fraction of a page (of that use) not yet charged.
+     * The run budget, for backends with one (vCPU thread only): arm at
+     * the next entry into the guest, budgets in a row that found
+     * nothing, and, while it harvests itself, when it stopped dirtying.
      */
-    int64_t penalty_cpu_ns;
-    int64_t thread_ns;
-    int64_t thread_used_ns;
-    int64_t share_remainder;
-    /*
-     * KVM: the run budget's timer, which sends SIG_IPI to the vCPU thread
-     * budget_tid (0: none made yet), and when it is due if it is armed.
-     * Only the vCPU thread arms it; budget_armed is read by it alone.
-     */
-#ifdef CONFIG_LINUX
-    timer_t budget_timer;
-#endif
-    int budget_tid;
-    bool budget_armed;
-    int64_t budget_end_ns;
-    bool budget_probe;              /* arm at the next entry into KVM_RUN */
-    unsigned budget_backoff;        /* budgets in a row that found nothing */
-    int64_t stopped_ns;             /* harvesting itself: it stopped then */
+    bool budget_probe;
+    unsigned budget_backoff;
+    int64_t stopped_ns;
 } DirtyLimitVcpu;
 
 static struct {
+    const DirtyLimitBackend *backends[DIRTYLIMIT_MAX_BACKENDS];
+    int nbackends;
+    const DirtyLimitBackend *backend;   /* chosen by dirtylimit_state_init */
     DirtyLimitVcpu *vcpus;          /* max_cpus entries, allocated once */
     int max_cpus;
     int nlimited;                   /* under the BQL */
@@ -168,20 +115,38 @@ static struct {
     QemuThread thread;
     bool thread_running;            /* under the BQL */
     bool thread_quit;
-    bool log_harvested;             /* KVM dirty log: past the first */
-    /*
-     * KVM dirty log: serialises harvests and the sharing state, as a vCPU
-     * whose run budget ran out harvests the log itself.
-     */
-    QemuMutex log_lock;
 } dirtylimit;
 
-#if defined(CONFIG_LINUX) && !defined(HAVE_SIGEV_NOTIFY_THREAD_ID)
-#define sigev_notify_thread_id _sigev_un._tid
-#endif
+void dirtylimit_backend_register(const DirtyLimitBackend *backend)
+{
+    assert(dirtylimit.nbackends < DIRTYLIMIT_MAX_BACKENDS);
+    dirtylimit.backends[dirtylimit.nbackends++] = backend;
+}
 
-static int64_t dirtylimit_harvest_interval_us(void);
-static bool dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v);
+/*
+ * The backend that serves the running accelerator, or NULL with @errp
+ * set: to the reason a backend gave, or else to the base's message.
+ */
+static const DirtyLimitBackend *dirtylimit_backend_find(Error **errp)
+{
+    Error *why = NULL;
+    int i;
+
+    for (i = 0; i < dirtylimit.nbackends; i++) {
+        if (dirtylimit.backends[i]->usable(why ? NULL : &why)) {
+            error_free(why);
+            return dirtylimit.backends[i];
+        }
+    }
+    if (why) {
+        error_propagate(errp, why);
+    } else {
+        /* The base's message, stray quote included, for compatibility. */
+        error_setg(errp, "dirty page limit feature requires KVM with"
+                   " accelerator property 'dirty-ring-size' set'");
+    }
+    return NULL;
+}
 
 bool dirtylimit_in_service(void)
 {
@@ -198,11 +163,12 @@ static DirtyLimitVcpu *dirtylimit_vcpu(CPUState *cpu)
 
 bool dirtylimit_supported(void)
 {
-    /*
-     * Round-robin TCG runs every vCPU in one thread: one vCPU's penalty
-     * would stop them all.
-     */
-    return (tcg_enabled() && qemu_tcg_mttcg_enabled()) || kvm_enabled();
+    return dirtylimit_backend_find(NULL) != NULL;
+}
+
+bool dirtylimit_vcpu_tracked(CPUState *cpu)
+{
+    return dirtylimit_vcpu(cpu) != NULL;
 }
 
 bool dirtylimit_vcpu_limited(CPUState *cpu)
@@ -210,6 +176,40 @@ bool dirtylimit_vcpu_limited(CPUState *cpu)
     DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
 
     return v && qatomic_read(&v->limited);
+}
+
+bool dirtylimit_vcpu_running(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+    return v && qatomic_read(&v->limited) && !qatomic_read(&v->sleeping);
+}
+
+uint64_t dirtylimit_vcpu_uncharged(CPUState *cpu)
+{
+    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
+
+    return v ? qatomic_read(&cpu->dirty_pages) -
+               qatomic_read(&v->charged_pages) : 0;
+}
+
+void dirtylimit_vcpu_owes(CPUState *cpu)
+{
+    qatomic_set(&dirtylimit.vcpus[cpu->cpu_index].penalty_signalled, true);
+}
+
+uint64_t dirtylimit_smallest_quota_mb(void)
+{
+    uint64_t smallest = DIRTYLIMIT_MAX_RATE_MB;
+    int i;
+
+    for (i = 0; i < dirtylimit.max_cpus; i++) {
+        if (qatomic_read(&dirtylimit.vcpus[i].limited)) {
+            smallest = MIN(smallest,
+                           qatomic_read(&dirtylimit.vcpus[i].quota_mb));
+        }
+    }
+    return smallest;
 }
 
 /* True when something other than the dirty limit wants the vCPU. */
@@ -220,34 +220,47 @@ static bool dirtylimit_vcpu_wanted(CPUState *cpu)
            !QSIMPLEQ_EMPTY_ATOMIC(&cpu->work_list);
 }
 
-/* @clock's time in nanoseconds, 0 if it cannot be read. */
-static int64_t dirtylimit_clock_ns(clockid_t clock)
+/* The calling thread's CPU time in nanoseconds, 0 if it cannot be read. */
+static int64_t dirtylimit_thread_cpu_ns(void)
 {
     struct timespec ts;
 
-    if (clock_gettime(clock, &ts)) {
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) {
         return 0;
     }
     return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
 }
 
 /*
+ * Hand the backend the CPU time the vCPU thread spent napping since
+ * *@mark, if it wants it, and move the mark.
+ */
+static void dirtylimit_vcpu_nap_cpu_time(CPUState *cpu, int64_t *mark)
+{
+    int64_t now = dirtylimit_thread_cpu_ns();
+
+    dirtylimit.backend->penalty_cpu_time(cpu, now - *mark);
+    *mark = now;
+}
+
+/*
  * Sleep @ns, in naps, unless the vCPU is wanted or lost its limit.
  * Returns true if the whole penalty was served.  The CPU time the naps
- * cost is published as it is spent: the dirty log's sharing must not
- * mistake it for guest execution.
+ * cost is handed to the backend as it is spent: the dirty log's sharing
+ * must not mistake it for guest execution.
  */
 static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
 {
+    bool cpu_time = dirtylimit.backend->penalty_cpu_time != NULL;
     int64_t end = get_clock() + ns;
-    int64_t cpu_ns = dirtylimit_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    int64_t mark = cpu_time ? dirtylimit_thread_cpu_ns() : 0;
 
     for (;;) {
         int64_t left = end - get_clock();
-        int64_t now_cpu_ns = dirtylimit_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 
-        qatomic_add(&v->penalty_cpu_ns, now_cpu_ns - cpu_ns);
-        cpu_ns = now_cpu_ns;
+        if (cpu_time) {
+            dirtylimit_vcpu_nap_cpu_time(cpu, &mark);
+        }
         if (left <= 0) {
             return true;
         }
@@ -261,13 +274,13 @@ static bool dirtylimit_vcpu_nap(CPUState *cpu, DirtyLimitVcpu *v, int64_t ns)
 }
 
 /*
- * Charge what @cpu dirtied since its last charge; returns the penalty.
  * A vCPU that harvests itself is charged as of when it stopped dirtying:
  * the controller learns its speed from the time it ran, and waiting for
  * the dirty log's lock is no part of that.
  */
-static int64_t dirtylimit_vcpu_charge(CPUState *cpu, DirtyLimitVcpu *v)
+int64_t dirtylimit_vcpu_charge(CPUState *cpu)
 {
+    DirtyLimitVcpu *v = &dirtylimit.vcpus[cpu->cpu_index];
     int64_t now = cpu == current_cpu && v->stopped_ns ? v->stopped_ns
                                                       : get_clock();
     uint64_t pages, bytes;
@@ -282,50 +295,26 @@ static int64_t dirtylimit_vcpu_charge(CPUState *cpu, DirtyLimitVcpu *v)
     return sleep_ns;
 }
 
-bool dirtylimit_vcpu_charge_slice(CPUState *cpu)
-{
-    DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-
-    if (!v || !qatomic_read(&v->limited) ||
-        qatomic_read(&cpu->dirty_pages) - qatomic_read(&v->charged_pages) <
-        qatomic_read(&v->slice_pages)) {
-        return false;
-    }
-    /* Charged in place: the vCPU leaves the TB loop only if it owes. */
-    if (dirtylimit_vcpu_charge(cpu, v) <= 0) {
-        return false;
-    }
-    qatomic_set(&v->penalty_signalled, true);
-    return true;
-}
-
 /*
- * KVM: the vCPU is about to run: have it interrupted (SIG_IPI, as the
- * controller's penalties) when its run budget runs out, so that it
- * dirties a small part of its allowance at a time instead of a harvest
- * interval at full speed.  At large quotas the budget is longer than the
- * harvest interval and the timer only catches late harvests (the dirty
- * log's take milliseconds, and a sleeping thread on this host can wake
- * milliseconds late), at the cost of one timer per penalty.  The timer is
- * aimed at the calling thread and armed there, on the CPU that runs the
- * vCPU, so it fires on time even when the host's other CPUs are idle and
- * slow to wake.  It is armed when the vCPU gets a limit, after a penalty,
- * and after a budget that prescribed none.  A budget in which the vCPU
+ * The vCPU is about to run: have it interrupted when its run budget runs
+ * out, so that it dirties a small part of its allowance at a time
+ * instead of a harvest interval at full speed.  At large quotas the
+ * budget is longer than the harvest interval and the timer only catches
+ * late harvests (the dirty log's take milliseconds, and a sleeping thread
+ * on this host can wake milliseconds late), at the cost of one timer per
+ * penalty.  It is armed when the vCPU gets a limit, after a penalty, and
+ * after a budget that prescribed none.  A budget in which the vCPU
  * dirtied nothing means it is idle, or that it did not get to run (on a
- * busy host the timer can fire before the thread is back in KVM_RUN): the
- * next is twice as long, and none is armed once that is as long as the
- * harvest interval, so an idle vCPU is left alone after a few.
+ * busy host the timer can fire before the thread is back in the guest):
+ * the next is twice as long, and none is armed once that is as long as
+ * the harvest interval, so an idle vCPU is left alone after a few.
  */
-static void dirtylimit_vcpu_arm_budget(DirtyLimitVcpu *v)
+static void dirtylimit_vcpu_arm_budget(CPUState *cpu, DirtyLimitVcpu *v)
 {
-#ifdef CONFIG_LINUX
-    struct itimerspec its = { };
-    int tid = qemu_get_thread_id();
+    const DirtyLimitBackend *b = dirtylimit.backend;
     int64_t budget;
 
-    /* A timer past its time has fired, whether or not it was served. */
-    if (!kvm_enabled() || !qatomic_read(&v->limited) ||
-        (v->budget_armed && get_clock() < v->budget_end_ns)) {
+    if (!b->budget_arm || !qatomic_read(&v->limited)) {
         return;
     }
     qemu_mutex_lock(&v->lock);
@@ -333,47 +322,23 @@ static void dirtylimit_vcpu_arm_budget(DirtyLimitVcpu *v)
     qemu_mutex_unlock(&v->lock);
     if (v->budget_backoff) {
         budget <<= MIN(v->budget_backoff, 20);
-        if (budget >= dirtylimit_harvest_interval_us() * SCALE_US) {
+        if (budget >= b->harvest_interval_us() * SCALE_US) {
             return;
         }
     }
-    if (budget <= 0) {
-        return;
+    if (budget > 0) {
+        b->budget_arm(cpu, budget);
     }
-    if (v->budget_tid != tid) {
-        struct sigevent sev = {
-            .sigev_notify = SIGEV_THREAD_ID,
-            .sigev_signo = SIG_IPI,
-        };
-
-        if (v->budget_tid) {
-            timer_delete(v->budget_timer);      /* another vCPU thread's */
-            v->budget_tid = 0;
-        }
-        sev.sigev_notify_thread_id = tid;
-        if (timer_create(CLOCK_MONOTONIC, &sev, &v->budget_timer)) {
-            return;
-        }
-        v->budget_tid = tid;
-    }
-    its.it_value.tv_sec = budget / NANOSECONDS_PER_SECOND;
-    its.it_value.tv_nsec = budget % NANOSECONDS_PER_SECOND;
-    v->budget_end_ns = get_clock() + budget;
-    v->budget_armed = !timer_settime(v->budget_timer, 0, &its, NULL);
-#endif
 }
 
-/* A timer firing while the vCPU sleeps would interrupt its next run. */
-static void dirtylimit_vcpu_disarm_budget(DirtyLimitVcpu *v)
+static int64_t dirtylimit_vcpu_wakeup(DirtyLimitVcpu *v)
 {
-#ifdef CONFIG_LINUX
-    static const struct itimerspec off;
+    int64_t sleep_ns;
 
-    if (v->budget_armed) {
-        v->budget_armed = false;
-        timer_settime(v->budget_timer, 0, &off, NULL);
-    }
-#endif
+    qemu_mutex_lock(&v->lock);
+    sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
+    qemu_mutex_unlock(&v->lock);
+    return sleep_ns;
 }
 
 /*
@@ -382,28 +347,26 @@ static void dirtylimit_vcpu_disarm_budget(DirtyLimitVcpu *v)
  */
 static bool dirtylimit_vcpu_serve(CPUState *cpu, DirtyLimitVcpu *v)
 {
-    int64_t sleep_ns;
+    int64_t sleep_ns = dirtylimit_vcpu_wakeup(v);
 
-    qemu_mutex_lock(&v->lock);
-    sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
-    qemu_mutex_unlock(&v->lock);
-    if (sleep_ns > 0) {
-        dirtylimit_vcpu_disarm_budget(v);
-        trace_dirtylimit_vcpu_execute(cpu->cpu_index, sleep_ns / SCALE_US);
-        qatomic_set(&v->sleeping, true);
-        while (sleep_ns > 0 && dirtylimit_vcpu_nap(cpu, v, sleep_ns)) {
-            qemu_mutex_lock(&v->lock);
-            sleep_ns = dirtylimit_controller_wakeup(&v->ctl, get_clock());
-            qemu_mutex_unlock(&v->lock);
-        }
-        qatomic_set(&v->sleeping, false);
-        cpu->throttle_us_per_full =
-            dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
-        v->budget_backoff = 0;
-        dirtylimit_vcpu_arm_budget(v);
-        return true;
+    if (sleep_ns <= 0) {
+        return false;
     }
-    return false;
+    if (dirtylimit.backend->budget_disarm) {
+        /* A timer firing while the vCPU sleeps would cut its next run. */
+        dirtylimit.backend->budget_disarm(cpu);
+    }
+    trace_dirtylimit_vcpu_execute(cpu->cpu_index, sleep_ns / SCALE_US);
+    qatomic_set(&v->sleeping, true);
+    while (sleep_ns > 0 && dirtylimit_vcpu_nap(cpu, v, sleep_ns)) {
+        sleep_ns = dirtylimit_vcpu_wakeup(v);
+    }
+    qatomic_set(&v->sleeping, false);
+    cpu->throttle_us_per_full =
+        dirtylimit_controller_last_sleep_ns(&v->ctl) / SCALE_US;
+    v->budget_backoff = 0;
+    dirtylimit_vcpu_arm_budget(cpu, v);
+    return true;
 }
 
 void dirtylimit_vcpu_execute(CPUState *cpu)
@@ -414,35 +377,63 @@ void dirtylimit_vcpu_execute(CPUState *cpu)
         return;
     }
     qatomic_set(&v->penalty_signalled, false);
-    dirtylimit_vcpu_charge(cpu, v);
+    dirtylimit_vcpu_charge(cpu);
     if (!dirtylimit_vcpu_serve(cpu, v) &&
         qatomic_xchg(&v->budget_probe, false)) {
-        dirtylimit_vcpu_arm_budget(v);
+        dirtylimit_vcpu_arm_budget(cpu, v);
     }
+}
+
+/*
+ * A vCPU whose run budget ran out, outside the guest: have the backend
+ * count what it dirtied and charge it, as the controller thread would
+ * have at its next harvest.  Returns true if the vCPU had dirtied
+ * anything since its last charge.
+ */
+static bool dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v)
+{
+    uint64_t charged = qatomic_read(&v->charged_pages);
+
+    if (!qatomic_read(&v->limited)) {
+        return false;
+    }
+    v->stopped_ns = get_clock();
+    dirtylimit.backend->harvest_self(cpu);
+    v->stopped_ns = 0;
+    return qatomic_read(&v->charged_pages) != charged;
+}
+
+/* True if @cpu's run budget ran out; *@dirtied: it dirtied since. */
+static bool dirtylimit_vcpu_budget_spent(CPUState *cpu, DirtyLimitVcpu *v,
+                                         bool *dirtied)
+{
+    const DirtyLimitBackend *b = dirtylimit.backend;
+
+    *dirtied = false;
+    if (!b->budget_expired || !b->budget_expired(cpu)) {
+        return false;
+    }
+    *dirtied = dirtylimit_vcpu_harvest_self(cpu, v);
+    return true;
 }
 
 bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
 {
     DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-    bool penalty, budget, dirtied = false;
+    bool penalty, budget, dirtied;
 
     if (!v) {
         return false;
     }
     penalty = qatomic_xchg(&v->penalty_signalled, false);
-    budget = v->budget_armed && get_clock() >= v->budget_end_ns;
-    if (budget) {
-        /* The run budget ran out: charge what the vCPU dirtied since. */
-        v->budget_armed = false;
-        dirtied = dirtylimit_vcpu_harvest_self(cpu, v);
-    }
+    budget = dirtylimit_vcpu_budget_spent(cpu, v, &dirtied);
     if (!penalty && !budget) {
         return false;
     }
     if (dirtylimit_vcpu_wanted(cpu)) {
         /*
-         * It leaves KVM_RUN anyway; dirtylimit_vcpu_execute() serves, and
-         * arms the next budget.
+         * It leaves the guest anyway; dirtylimit_vcpu_execute() serves,
+         * and arms the next budget.
          */
         if (budget) {
             qatomic_set(&v->budget_probe, true);
@@ -452,196 +443,9 @@ bool dirtylimit_vcpu_serve_signal(CPUState *cpu)
     if (!dirtylimit_vcpu_serve(cpu, v) && budget) {
         /* Below its quota, for now: another budget. */
         v->budget_backoff = dirtied ? 0 : v->budget_backoff + 1;
-        dirtylimit_vcpu_arm_budget(v);
+        dirtylimit_vcpu_arm_budget(cpu, v);
     }
     return true;
-}
-
-static int64_t dirtylimit_log_harvest_interval_us(void)
-{
-    uint64_t smallest = DIRTYLIMIT_MAX_RATE_MB;
-    int i;
-
-    for (i = 0; i < dirtylimit.max_cpus; i++) {
-        if (qatomic_read(&dirtylimit.vcpus[i].limited)) {
-            smallest = MIN(smallest,
-                           qatomic_read(&dirtylimit.vcpus[i].quota_mb));
-        }
-    }
-    return MAX(DIRTYLIMIT_LOG_HARVEST_MIN_US,
-               MIN(DIRTYLIMIT_LOG_HARVEST_MAX_US,
-                   smallest * DIRTYLIMIT_LOG_US_PER_MB));
-}
-
-/*
- * Harvest interval: well before a vCPU at full speed fills half its ring
- * (0.65 M pages/s fill 4096 entries in about 6 ms).  TCG counts as the
- * vCPU writes, and the interval is its counting epoch.  The dirty log's
- * interval depends on the quotas (above).
- */
-static int64_t dirtylimit_harvest_interval_us(void)
-{
-    if (!kvm_enabled()) {
-        return DIRTYLIMIT_TCG_EPOCH_US;
-    }
-    if (!kvm_dirty_ring_enabled()) {
-        return dirtylimit_log_harvest_interval_us();
-    }
-    return MAX(500, MIN(5000, kvm_dirty_ring_size() / 2));
-}
-
-/*
- * Signal @cpu to leave KVM_RUN without qemu_cpu_kick(): a kick marks the
- * vCPU wanted by the rest of QEMU, and it would take the BQL to return.
- */
-static void dirtylimit_vcpu_signal(CPUState *cpu)
-{
-#ifdef CONFIG_KVM
-    pthread_kill(cpu->thread->thread, SIG_IPI);
-#endif
-}
-
-/*
- * Charge a running limited vCPU, and signal it if it owes a penalty (not
- * the vCPU charging itself: it serves next).
- */
-static void dirtylimit_charge_running_vcpu(CPUState *cpu, DirtyLimitVcpu *v)
-{
-    if (dirtylimit_vcpu_charge(cpu, v) > 0 && cpu != current_cpu) {
-        qatomic_set(&v->penalty_signalled, true);
-        dirtylimit_vcpu_signal(cpu);
-    }
-}
-
-/* KVM: harvest every limited vCPU's ring and charge it, from this thread. */
-static void dirtylimit_harvest_rings(void)
-{
-    CPUState *cpu;
-
-    WITH_RCU_READ_LOCK_GUARD() {
-        CPU_FOREACH(cpu) {
-            DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-
-            if (!v || !qatomic_read(&v->limited) ||
-                qatomic_read(&v->sleeping)) {
-                continue;
-            }
-#ifdef CONFIG_KVM
-            kvm_dirty_ring_reap_vcpu(cpu);
-#endif
-            dirtylimit_charge_running_vcpu(cpu, v);
-        }
-    }
-}
-
-/*
- * CPU time @cpu's thread used other than serving penalties: running the
- * guest (or, on hosts such as PVM, emulating it) and exits.
- */
-static int64_t dirtylimit_vcpu_thread_ns(CPUState *cpu, DirtyLimitVcpu *v)
-{
-    clockid_t clock;
-
-    if (!cpu->thread || pthread_getcpuclockid(cpu->thread->thread, &clock)) {
-        return 0;
-    }
-    return dirtylimit_clock_ns(clock) - qatomic_read(&v->penalty_cpu_ns);
-}
-
-/*
- * Share @pages among the vCPUs by the CPU time each used since the last
- * harvest, adding each share to CPUState::dirty_pages; the fraction of a
- * page left over is kept for the next harvest.
- */
-static void dirtylimit_share_dirty_log(uint64_t pages)
-{
-    int64_t total_ns = 0;
-    CPUState *cpu;
-
-    CPU_FOREACH(cpu) {
-        DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-        int64_t now_ns;
-
-        if (!v) {
-            continue;
-        }
-        /*
-         * A nap in progress is published only when it ends; until then
-         * keep the old mark, so its cost is not counted as use.
-         */
-        now_ns = dirtylimit_vcpu_thread_ns(cpu, v);
-        v->thread_used_ns = MAX(0, now_ns - v->thread_ns);
-        v->thread_ns = MAX(v->thread_ns, now_ns);
-        total_ns += v->thread_used_ns;
-    }
-    CPU_FOREACH(cpu) {
-        DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-
-        if (v) {
-            qatomic_add(&cpu->dirty_pages,
-                        dirtylimit_share(pages, v->thread_used_ns, total_ns,
-                                         &v->share_remainder));
-        }
-    }
-}
-
-/*
- * KVM without a dirty ring: harvest the VM's dirty log, share it among
- * the vCPUs and charge the limited ones.  The first harvest only starts
- * the log afresh: it holds whatever was dirty before the limit began
- * (with KVM_DIRTY_LOG_INITIALLY_SET, all of memory).
- */
-static void dirtylimit_harvest_dirty_log(void)
-{
-    uint64_t pages = 0;
-    CPUState *cpu;
-
-    QEMU_LOCK_GUARD(&dirtylimit.log_lock);
-#ifdef CONFIG_KVM
-    pages = kvm_dirty_log_harvest();
-#endif
-    WITH_RCU_READ_LOCK_GUARD() {
-        if (!dirtylimit.log_harvested) {
-            dirtylimit.log_harvested = true;
-            pages = 0;
-        }
-        dirtylimit_share_dirty_log(pages);
-        CPU_FOREACH(cpu) {
-            DirtyLimitVcpu *v = dirtylimit_vcpu(cpu);
-
-            if (v && qatomic_read(&v->limited) &&
-                !qatomic_read(&v->sleeping)) {
-                dirtylimit_charge_running_vcpu(cpu, v);
-            }
-        }
-    }
-}
-
-/*
- * A vCPU whose run budget ran out, outside KVM_RUN: harvest what it
- * dirtied and charge it, as the controller thread would have at its next
- * harvest.  Its ring is its own; the dirty log is the VM's, so it is
- * harvested and shared as by the controller thread.  Returns true if the
- * vCPU had dirtied anything since its last charge.
- */
-static bool dirtylimit_vcpu_harvest_self(CPUState *cpu, DirtyLimitVcpu *v)
-{
-    uint64_t charged = qatomic_read(&v->charged_pages);
-
-    if (!kvm_enabled() || !qatomic_read(&v->limited)) {
-        return false;
-    }
-    v->stopped_ns = get_clock();
-    if (kvm_dirty_ring_enabled()) {
-#ifdef CONFIG_KVM
-        kvm_dirty_ring_reap_vcpu(cpu);
-#endif
-        dirtylimit_vcpu_charge(cpu, v);
-    } else {
-        dirtylimit_harvest_dirty_log();
-    }
-    v->stopped_ns = 0;
-    return qatomic_read(&v->charged_pages) != charged;
 }
 
 /* Record a period end and measure the rate over the window (lock held). */
@@ -686,34 +490,6 @@ static void dirtylimit_feedback_all(int64_t period_ns)
     }
 }
 
-static void dirtylimit_tcg_counting_epoch(void)
-{
-#ifdef CONFIG_TCG
-    dirtylimit_tcg_rearm();
-#endif
-}
-
-/* Start counting the vCPUs' dirty pages, or stop (BQL held). */
-static void dirtylimit_count_dirty_pages(bool on)
-{
-    if (kvm_enabled()) {
-        /* The dirty ring only records pages while dirty logging is on. */
-        if (on) {
-            memory_global_dirty_log_start(GLOBAL_DIRTY_LIMIT);
-        } else {
-            memory_global_dirty_log_stop(GLOBAL_DIRTY_LIMIT);
-        }
-        return;
-    }
-#ifdef CONFIG_TCG
-    if (on) {
-        dirtylimit_tcg_start();
-    } else {
-        dirtylimit_tcg_stop();
-    }
-#endif
-}
-
 static void *dirtylimit_thread(void *opaque)
 {
     int64_t period_start = get_clock();
@@ -726,34 +502,37 @@ static void *dirtylimit_thread(void *opaque)
             dirtylimit_feedback_all(now - period_start);
             period_start = now;
         }
-        if (kvm_enabled() && kvm_dirty_ring_enabled()) {
-            dirtylimit_harvest_rings();
-        } else if (kvm_enabled()) {
-            dirtylimit_harvest_dirty_log();
-        } else {
-            dirtylimit_tcg_counting_epoch();
-        }
-        g_usleep(dirtylimit_harvest_interval_us());
+        dirtylimit.backend->harvest();
+        g_usleep(dirtylimit.backend->harvest_interval_us());
     }
     rcu_unregister_thread();
     return NULL;
 }
 
-static void dirtylimit_state_init(void)
+/* Choose the backend and make the per-vCPU state, once; false if none. */
+static bool dirtylimit_state_init(void)
 {
     MachineState *ms = MACHINE(qdev_get_machine());
     int i;
 
     if (dirtylimit.vcpus) {
-        return;
+        return true;
+    }
+    dirtylimit.backend = dirtylimit_backend_find(NULL);
+    if (!dirtylimit.backend) {
+        return false;
     }
     dirtylimit.max_cpus = ms->smp.max_cpus;
+    trace_dirtylimit_backend(dirtylimit.backend->name, dirtylimit.max_cpus);
+    if (dirtylimit.backend->init) {
+        dirtylimit.backend->init(dirtylimit.max_cpus);
+    }
     dirtylimit.vcpus = g_new0(DirtyLimitVcpu, dirtylimit.max_cpus);
     for (i = 0; i < dirtylimit.max_cpus; i++) {
         qemu_mutex_init(&dirtylimit.vcpus[i].lock);
     }
-    qemu_mutex_init(&dirtylimit.log_lock);
     dirtylimit.period_ns = DIRTYLIMIT_DEFAULT_PERIOD_MS * SCALE_MS;
+    return true;
 }
 
 /* Start or stop the controller thread as limits come and go (BQL held). */
@@ -763,8 +542,7 @@ static void dirtylimit_update_service(void)
 
     qatomic_set(&dirtylimit.in_service, want);
     if (want && !dirtylimit.thread_running) {
-        dirtylimit_count_dirty_pages(true);
-        dirtylimit.log_harvested = false;
+        dirtylimit.backend->start();
         qatomic_set(&dirtylimit.thread_quit, false);
         qemu_thread_create(&dirtylimit.thread, "dirtylimit",
                            dirtylimit_thread, NULL, QEMU_THREAD_JOINABLE);
@@ -774,19 +552,14 @@ static void dirtylimit_update_service(void)
         qatomic_set(&dirtylimit.thread_quit, true);
         qemu_thread_join(&dirtylimit.thread);
         dirtylimit.thread_running = false;
-        dirtylimit_count_dirty_pages(false);
+        dirtylimit.backend->stop();
     }
 }
 
-static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
-                                bool by_migration)
+/* Give @v, the state of @cpu (may be NULL), a quota (lock held). */
+static void dirtylimit_vcpu_set_quota(DirtyLimitVcpu *v, CPUState *cpu,
+                                      uint64_t quota)
 {
-    DirtyLimitVcpu *v = &dirtylimit.vcpus[cpu_index];
-    CPUState *cpu = qemu_get_cpu(cpu_index);
-    uint64_t quota = quota_mb * DIRTYLIMIT_BYTES_PER_MB;
-
-    trace_dirtylimit_set_vcpu(cpu_index, quota_mb);
-    qemu_mutex_lock(&v->lock);
     if (qatomic_read(&v->limited)) {
         dirtylimit_controller_set_quota(&v->ctl, quota, get_clock());
         /* What the vCPU dirtied so far fell under the old quota. */
@@ -804,20 +577,31 @@ static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
         v->current_rate = 0;
         dirtylimit.nlimited++;
     }
+}
+
+static void dirtylimit_set_vcpu(int cpu_index, uint64_t quota_mb,
+                                bool by_migration)
+{
+    DirtyLimitVcpu *v = &dirtylimit.vcpus[cpu_index];
+    CPUState *cpu = qemu_get_cpu(cpu_index);
+    uint64_t quota = quota_mb * DIRTYLIMIT_BYTES_PER_MB;
+
+    trace_dirtylimit_set_vcpu(cpu_index, quota_mb);
+    qemu_mutex_lock(&v->lock);
+    dirtylimit_vcpu_set_quota(v, cpu, quota);
     qatomic_set(&v->quota_mb, quota_mb);
-    qatomic_set(&v->slice_pages,
-                MIN(DIRTYLIMIT_TCG_SLICE_MAX_PAGES,
-                    MAX(1, quota / qemu_target_page_size() *
-                           DIRTYLIMIT_TCG_SLICE_US / G_USEC_PER_SEC)));
+    if (dirtylimit.backend->set_quota) {
+        dirtylimit.backend->set_quota(cpu_index, quota);
+    }
     v->by_migration = by_migration;
     v->counting_only = false;
     qatomic_set(&v->limited, true);
     qemu_mutex_unlock(&v->lock);
     /*
-     * KVM: through dirtylimit_vcpu_execute(), the vCPU arms its run
-     * budget, so that even its first batch is small.
+     * Through dirtylimit_vcpu_execute(), the vCPU arms its run budget, so
+     * that even its first batch is small.
      */
-    if (cpu && kvm_enabled()) {
+    if (cpu && dirtylimit.backend->budget_arm) {
         v->budget_backoff = 0;
         qatomic_set(&v->budget_probe, true);
         qemu_cpu_kick(cpu);
@@ -876,15 +660,7 @@ void qmp_set_vcpu_dirty_limit(bool has_cpu_index, int64_t cpu_index,
 {
     int i;
 
-    if (tcg_enabled() && !qemu_tcg_mttcg_enabled()) {
-        error_setg(errp, "dirty page limit under TCG requires multi-threaded"
-                   " TCG (-accel tcg,thread=multi)");
-        return;
-    }
-    if (!dirtylimit_supported()) {
-        /* The base's message, stray quote included, for compatibility. */
-        error_setg(errp, "dirty page limit feature requires KVM with"
-                   " accelerator property 'dirty-ring-size' set'");
+    if (!dirtylimit_backend_find(errp)) {
         return;
     }
     if (!dirtylimit_check_cpu_index(has_cpu_index, cpu_index, errp)) {
@@ -904,7 +680,9 @@ void qmp_set_vcpu_dirty_limit(bool has_cpu_index, int64_t cpu_index,
         qmp_cancel_vcpu_dirty_limit(has_cpu_index, cpu_index, errp);
         return;
     }
-    dirtylimit_state_init();
+    if (!dirtylimit_state_init()) {
+        return;
+    }
     for (i = 0; i < dirtylimit.max_cpus; i++) {
         if (!has_cpu_index || i == cpu_index) {
             dirtylimit_set_vcpu(i, dirty_rate, false);
@@ -972,7 +750,9 @@ void dirtylimit_migration_engage(uint64_t quota_mb, uint64_t period_ms)
 {
     int i;
 
-    dirtylimit_state_init();
+    if (!dirtylimit_state_init()) {
+        return;
+    }
     qatomic_set(&dirtylimit.period_ns, period_ms * SCALE_MS);
     for (i = 0; i < dirtylimit.max_cpus; i++) {
         DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
@@ -989,7 +769,9 @@ void dirtylimit_migration_count(uint64_t period_ms)
 {
     int i;
 
-    dirtylimit_state_init();
+    if (!dirtylimit_state_init()) {
+        return;
+    }
     qatomic_set(&dirtylimit.period_ns, period_ms * SCALE_MS);
     for (i = 0; i < dirtylimit.max_cpus; i++) {
         DirtyLimitVcpu *v = &dirtylimit.vcpus[i];
@@ -1038,7 +820,7 @@ uint64_t dirtylimit_throttle_time_per_round(void)
 
 uint64_t dirtylimit_ring_full_time(void)
 {
-    uint64_t sum = 0, ring_bytes;
+    uint64_t sum = 0, ring_pages = 0;
     int i, n = 0;
 
     for (i = 0; dirtylimit_in_service() && i < dirtylimit.max_cpus; i++) {
@@ -1051,11 +833,13 @@ uint64_t dirtylimit_ring_full_time(void)
             n++;
         }
     }
-    if (!sum || !kvm_enabled()) {
+    if (sum && dirtylimit.backend->ring_size) {
+        ring_pages = dirtylimit.backend->ring_size();
+    }
+    if (!ring_pages || sum / n == 0) {
         return 0;
     }
-    ring_bytes = (uint64_t)kvm_dirty_ring_size() * qemu_target_page_size();
-    return ring_bytes * G_USEC_PER_SEC / (sum / n);
+    return ring_pages * qemu_target_page_size() * G_USEC_PER_SEC / (sum / n);
 }
 
 void hmp_set_vcpu_dirty_limit(Monitor *mon, const QDict *qdict)

@@ -1,7 +1,12 @@
 /*
- * Dirty limit without a dirty ring: TCG counts what each vCPU dirties
+ * vCPU dirty page rate limit under TCG: the hooks in TCG's write path
  *
- * Copyright (c) 2026 The Ferry developers
+ * What accel/tcg/cputlb.c and migration/dirtyrate.c call in
+ * softmmu/dirtylimit-tcg.c, which counts each vCPU's first write to a
+ * page per epoch; the dirty limit itself reaches that file through its
+ * backend table.
+ *
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -50,24 +55,6 @@ static inline bool dirtylimit_tcg_write_trapped(CPUState *cpu,
  * the vCPU thread, within cpu_exec().
  */
 void dirtylimit_tcg_note_write(CPUState *cpu, ram_addr_t addr);
-
-/**
- * dirtylimit_tcg_start: start counting (BQL held).  Arms every page.
- */
-void dirtylimit_tcg_start(void);
-
-/**
- * dirtylimit_tcg_stop: stop counting (BQL held).
- */
-void dirtylimit_tcg_stop(void);
-
-/**
- * dirtylimit_tcg_rearm: start a new counting epoch: every page is armed
- * again and counted vCPUs' TLBs trap their next write to any RAM page.
- * Called by the dirty limit's controller thread, and by the measurement's
- * while no limit is set.
- */
-void dirtylimit_tcg_rearm(void);
 
 /**
  * dirtylimit_tcg_measure_start: count every vCPU's writes for

@@ -1,7 +1,13 @@
 /*
  * vCPU dirty page rate limit ("dirty limit")
  *
- * Copyright (c) 2026 The Ferry developers
+ * What the rest of QEMU calls: the vCPU loops of accel/kvm and accel/tcg
+ * (dirtylimit_vcpu_execute(), dirtylimit_vcpu_serve_signal()), the
+ * migration core and its statistics, and migration/dirtyrate.c.  The
+ * QMP and HMP commands are declared by the generated QAPI headers and
+ * monitor/hmp.h; TCG's write-path hooks by sysemu/dirtylimit-tcg.h.
+ *
+ * Copyright (c) 2026 Ferry developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -30,11 +36,6 @@ bool dirtylimit_supported(void);
 void dirtylimit_vcpu_execute(CPUState *cpu);
 
 /**
- * dirtylimit_vcpu_limited: true when @cpu has a dirty page rate limit.
- */
-bool dirtylimit_vcpu_limited(CPUState *cpu);
-
-/**
  * dirtylimit_vcpu_serve_signal: called by a vCPU thread when KVM_RUN was
  * interrupted by a signal, or TCG's loop by cpu_exit().  If the dirty
  * limit asked for it, and nothing else wants the vCPU, sleep the penalty
@@ -43,37 +44,6 @@ bool dirtylimit_vcpu_limited(CPUState *cpu);
  * usual.
  */
 bool dirtylimit_vcpu_serve_signal(CPUState *cpu);
-
-/**
- * dirtylimit_vcpu_charge_slice: called by a TCG vCPU thread as it dirties
- * a page.  Once @cpu has dirtied a slice of its quota since its last
- * charge, charge it; return true if it then owes a penalty and should
- * leave the TB loop to pay it (dirtylimit_vcpu_serve_signal()).  A vCPU
- * below its quota never leaves.
- */
-bool dirtylimit_vcpu_charge_slice(CPUState *cpu);
-
-/**
- * dirtylimit_migration_engage: limit every vCPU to @quota_mb MB/s for the
- * migration in progress, with a feedback period of @period_ms.  Limits
- * set this way are removed by dirtylimit_migration_release().
- */
-void dirtylimit_migration_engage(uint64_t quota_mb, uint64_t period_ms);
-
-/**
- * dirtylimit_migration_count: count what every vCPU without a limit
- * dirties (in CPUState::dirty_pages), as a limit would, but never slow it
- * down, for the migration in progress to measure the guest.  Such vCPUs
- * are not listed by query-vcpu-dirty-limit; dirtylimit_migration_engage()
- * gives them a quota, dirtylimit_migration_release() stops counting.
- */
-void dirtylimit_migration_count(uint64_t period_ms);
-
-/**
- * dirtylimit_migration_release: remove the limits migration set, when it
- * completes, fails or is cancelled.  Limits set by the user stay.
- */
-void dirtylimit_migration_release(void);
 
 /*
  * The migration's plan for the dirty limit (softmmu/dirtylimit-migration.c),
