@@ -141,9 +141,8 @@ static const DirtyLimitBackend *dirtylimit_backend_find(Error **errp)
     if (why) {
         error_propagate(errp, why);
     } else {
-        /* The base's message, stray quote included, for compatibility. */
-        error_setg(errp, "dirty page limit feature requires KVM with"
-                   " accelerator property 'dirty-ring-size' set'");
+        /* not upstream's "requires KVM with ... dirty-ring-size": untrue */
+        error_setg(errp, "dirty page limit requires KVM or multi-threaded TCG");
     }
     return NULL;
 }
