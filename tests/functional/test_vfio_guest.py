@@ -6,12 +6,15 @@ This checks the guest itself: Debian's 6.12 kernel boots on Ferry, the
 two mtty mdevs exist and are VFIO devices with their group node in
 /dev/vfio, mtty advertises the migration uAPI v2 with PRE_COPY and
 behaves as Ferry's implementation will expect (vfio-probe walks the
-states), and the host's root is usable in the guest over 9p.
+states), and the host's root is usable in the guest over 9p: a host
+program runs there in a chroot, and so does Ferry's own QEMU with an
+mdev as its vfio-pci device.
 
 Skips only when tests/guests/build could not fetch the kernel packages
 (x86_64-vfio/UNAVAILABLE says why).
 """
 
+import json
 import os
 import time
 import unittest
@@ -26,7 +29,8 @@ REASON = unavailable()
 RUNNING = '2'
 
 # The test script: the first mdev through vfio-probe, then the host's
-# root (a host binary, run in a chroot) as a later step will use it.
+# root as a later step will use it: a host binary in a chroot, and
+# Ferry's QEMU (@QEMU@) with the mdev as a vfio-pci device.
 SCRIPT = r'''
 uuid=$(ls /sys/bus/mdev/devices | head -n 1)
 group=$(basename "$(readlink /sys/bus/mdev/devices/$uuid/iommu_group)")
@@ -37,6 +41,16 @@ echo "PROBE-END rc=$?"
 if [ -d /host/usr/bin ]; then
     echo "chroot: $(chroot /host /bin/sh -c 'echo ok from $(uname -r)')"
 fi
+# Ferry's own QEMU, from the host's root, opens the mdev (no vCPUs run).
+echo INNER-BEGIN
+timeout 60 chroot /host @QEMU@ -accel qtest -machine pc -nodefaults \
+    -display none -m 32M -qmp stdio \
+    -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/$uuid,id=mtty0 <<QMP 2>&1
+{"execute": "qmp_capabilities"}
+{"execute": "query-pci"}
+{"execute": "quit"}
+QMP
+echo "INNER-END rc=$?"
 '''
 
 
@@ -48,7 +62,8 @@ class VfioGuest(unittest.TestCase):
         if not built():
             raise AssertionError('%s missing: run "make guests" (tests/'
                                  'guests/build)' % env.guest(DIR))
-        vm = vfio_guest(SCRIPT, host_root=True)
+        script = SCRIPT.replace('@QEMU@', env.ferry_binary('x86_64'))
+        vm = vfio_guest(script, host_root=True)
         start = time.monotonic()
         vm.launch()
         try:
@@ -115,6 +130,23 @@ class VfioGuest(unittest.TestCase):
     def test_host_root_over_9p(self):
         self.assertIn('FERRY-VFIO-HOSTROOT /host', self.serial)
         self.assertIn('chroot: ok from 6.12', self.out or '')
+
+    def test_ferry_qemu_in_guest_opens_mtty(self):
+        out = self.out or ''
+        inner = out.split('INNER-BEGIN', 1)[-1].split('INNER-END', 1)[0]
+        self.assertIn('INNER-END rc=0', out, inner)
+        pci = [json.loads(l)['return'] for l in inner.splitlines()
+               if l.startswith('{"return": [')]
+        self.assertEqual(len(pci), 1, inner)
+        dev = [d for bus in pci[0] for d in bus['devices']
+               if d['qdev_id'] == 'mtty0']
+        self.assertEqual(len(dev), 1, inner)
+        # mtty's config space: vendor 0x4348, device 0x3253, and one
+        # 8-byte I/O BAR per port.
+        self.assertEqual((dev[0]['id']['vendor'], dev[0]['id']['device']),
+                         (0x4348, 0x3253))
+        self.assertEqual([(r['type'], r['size']) for r in dev[0]['regions']],
+                         [('io', 8), ('io', 8)])
 
     def test_boot_is_quick(self):
         self.assertLess(self.seconds, 60, 'boot and probe took %.1f s'
