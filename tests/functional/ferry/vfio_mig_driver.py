@@ -1,0 +1,433 @@
+"""VFIO migration between two Ferry QEMUs, inside the x86_64-vfio guest.
+
+tests/functional/test_vfio_migration.py boots the guest (vfio_guest(),
+the host's root at /host) and runs this there, in the chroot:
+
+    python3 -m ferry.vfio_mig_driver QEMU [SCENARIO...]
+
+Each scenario starts inner QEMUs (QEMU, -accel qtest, no firmware, one
+mtty mdev each as vfio-pci with migration enabled), writes UART state on
+the source through qtest (ferry.mtty), migrates, and reads the state
+back wherever it should be.  The source always has the first mdev, a
+destination the second; both are re-created before each scenario, so a
+destination reads all zeros unless the migration brought the state.
+
+One line per check on stdout (the guest's console):
+
+    FERRY-VFIO-RESULT {"check": NAME, "ok": true, ...facts}
+
+"ok" says only that the check ran to its end (false with "error", the
+traceback); the host-side test asserts on the facts: statuses, the
+states written and read back, QMP errors, and for every inner QEMU of
+the scenario ("vms") its exit code, the end of its output (stderr) and a
+summary of its trace (vfio_*, the switchover-ack events).
+"""
+
+import json
+import os
+import re
+import sys
+import time
+import traceback
+
+from ferry import wait
+from ferry.machine import wait_migration
+from ferry.migrate import set_caps, set_params
+from ferry.mtty import (MAGIC, PORT_BASES, Mtty, expected_read, mismatches,
+                        uart_state)
+from qemu.machine.qtest import QEMUQtestMachine
+
+PREFIX = 'FERRY-VFIO-RESULT '
+END = 'FERRY-VFIO-DRIVER-END'
+# Writable in the chroot (tests/guests/init-vfio).
+RUN = '/run'
+MDEVS = '/sys/bus/mdev/devices'
+SLOT = 4
+ACK = {'return-path': True, 'switchover-ack': True}
+# Enough RAM to fill that a migration capped at SLOW_LINK takes seconds.
+RAM_FILL = (0x100000, 16 << 20)
+SLOW_LINK = 2 << 20
+TRACE_EVENTS = ('vfio_*', 'loadvm_approve_switchover',
+                'loadvm_switchover_ack_needed',
+                'source_return_path_thread_switchover_acked')
+# Trace events of every register access: counted, not listed.
+NOISY = ('vfio_region_read', 'vfio_region_write', 'vfio_pci_read_config',
+         'vfio_pci_write_config')
+STATES = ('ERROR', 'STOP_COPY', 'STOP', 'RUNNING_P2P', 'RUNNING',
+          'RESUMING', 'PRE_COPY_P2P', 'PRE_COPY')
+LOG_TAIL = 1500
+# The log trace backend's prefix with -msg timestamp=on.
+TIMESTAMP = re.compile(r'^\d+@[\d.]+:')
+PRECOPY = re.compile(r'initial (\d+) dirty (\d+)')
+
+
+class Inner(QEMUQtestMachine):
+    """An inner QEMU: -accel qtest, a pc machine with 32 MiB and no
+    firmware run, and the mdev UUID as vfio-pci "mtty0" at SLOT with
+    migration enabled (PROPS adds device properties); every vfio_* and
+    switchover-ack trace event goes to trace_path."""
+
+    def __init__(self, qemu, name, uuid, props=(), extra=()):
+        super().__init__(qemu, name=name, base_temp_dir=RUN, sock_dir=RUN)
+        self.trace_path = os.path.join(RUN, name + '.trace')
+        device = ['vfio-pci', 'sysfsdev=%s/%s' % (MDEVS, uuid), 'id=mtty0',
+                  'addr=%d' % SLOT, *props]
+        self.add_args('-machine', 'pc', '-m', '32M', '-nodefaults',
+                      '-device', ','.join(device), *extra)
+        for event in TRACE_EVENTS:
+            self.add_args('-trace', event)
+        self.add_args('-D', self.trace_path)
+        self.mtty = Mtty(self, SLOT)
+
+    def status(self):
+        return self.command('query-status')['status']
+
+
+def recycle(uuid):
+    """Remove the mdev UUID and create it again: a fresh device, every
+    register 0 and its migration state RUNNING (mtty keeps both in the
+    kernel across the QEMUs that open it, and its close_device resets
+    neither)."""
+    dev = os.path.join(MDEVS, uuid)
+    parent = os.path.dirname(os.path.realpath(os.path.join(dev, 'mdev_type')))
+    mtype = os.path.basename(os.path.realpath(os.path.join(dev, 'mdev_type')))
+    with open(os.path.join(dev, 'remove'), 'w') as f:
+        f.write('1')
+    with open(os.path.join(parent, mtype, 'create'), 'w') as f:
+        f.write(uuid)
+
+
+def trace_summary(path):
+    """What an inner QEMU's trace says: how often each event fired, the
+    device states named by vfio_* events whose name mentions a state, in
+    order (repeats folded), the [initial, dirty] pre-copy sizes of the
+    events about pre-copy, and the migration events' lines (not the
+    register accesses)."""
+    events, states, lines, precopy = {}, [], [], []
+    try:
+        with open(path, errors='replace') as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        words = TIMESTAMP.sub('', line).split()
+        if not words:
+            continue
+        name = words[0]
+        events[name] = events.get(name, 0) + 1
+        if name in NOISY:
+            continue
+        lines.append(line)
+        if 'precopy' in name:
+            precopy += [[int(n) for n in m] for m in PRECOPY.findall(line)]
+        if name.startswith('vfio') and 'state' in name:
+            for word in re.split(r'[^A-Z_0-9]+', ' '.join(words[1:])):
+                if word in STATES and (not states or states[-1] != word):
+                    states.append(word)
+    return {'events': events, 'states': states, 'precopy': precopy,
+            'lines': lines[-60:]}
+
+
+class Run:
+    """The scenarios' shared state: the QEMU binary, the source and
+    destination mdevs, and the inner QEMUs the current scenario started
+    (shut down, and described, when it ends)."""
+
+    def __init__(self, qemu):
+        self.qemu = qemu
+        self.src_uuid, self.dst_uuid = sorted(os.listdir(MDEVS))[:2]
+        self.vms, self.lines = [], []
+
+    def start(self, name, uuid, props=(), extra=()):
+        vm = Inner(self.qemu, name, uuid, props, extra)
+        self.vms.append(vm)
+        vm.launch()
+        return vm
+
+    def source(self, name, seed, props=('enable-migration=on',)):
+        """An inner QEMU on the source mdev with the UART state of SEED
+        written; (vm, what read_state() must return)."""
+        vm = self.start(name + '-src', self.src_uuid, props)
+        vm.mtty.map_ports()
+        states = [uart_state(seed, port) for port in range(len(PORT_BASES))]
+        vm.mtty.write_state(states)
+        return vm, [expected_read(s) for s in states]
+
+    def destination(self, name, props=('enable-migration=on',), caps=None):
+        """An inner QEMU on the destination mdev, waiting (-incoming
+        defer) with capabilities CAPS set."""
+        vm = self.start(name + '-dst', self.dst_uuid, props,
+                        ('-incoming', 'defer'))
+        if caps:
+            set_caps(vm, **caps)
+        return vm
+
+    def report(self, check, **facts):
+        self.lines.append(dict(check=check, ok=True, **facts))
+
+    def finish(self, checks, started, error=None):
+        """Shut the scenario's QEMUs down and print a line for each of
+        CHECKS: the facts it reported (or ERROR), and what each QEMU
+        printed, traced and exited with."""
+        vms = {}
+        for vm in self.vms:
+            try:
+                if vm.is_running():
+                    vm.shutdown(timeout=20)
+                else:
+                    vm.wait(timeout=20)    # exited by itself: no 'quit'
+            except Exception:   # noqa: BLE001  (reported, not raised)
+                vm.kill()
+            log = vm.get_log() or ''
+            vms[vm._name] = {'exit': vm.exitcode(), 'log': log[-LOG_TAIL:],
+                             'trace': trace_summary(vm.trace_path)}
+        reported = {line['check']: line for line in self.lines}
+        for check in checks:
+            line = reported.get(check) or {'check': check, 'ok': False}
+            if error and not line['ok']:
+                line['error'] = error
+            line.update(vms=vms, seconds=round(time.monotonic() - started, 1))
+            print(PREFIX + json.dumps(line, sort_keys=True), flush=True)
+        self.vms, self.lines = [], []
+
+    def migration_facts(self, src, dst, info):
+        """What a live migration's checks look at, once it ended: the
+        source's query-migrate, and if it completed the destination's
+        run state, config space and UART state."""
+        facts = {'status': info['status'], 'vfio': info.get('vfio'),
+                 'error_desc': info.get('error-desc'),
+                 'ram': info.get('ram', {}).get('transferred'),
+                 'src_status': src.status()}
+        if info['status'] == 'completed':
+            wait.until(lambda: dst.status() != 'inmigrate', 30,
+                       'destination still loading')
+            facts.update(dst_status=dst.status(), config=dst.mtty.config(),
+                         got=dst.mtty.read_state())
+        return facts
+
+    def slow_start(self, src, dst, caps=None):
+        """Start migrating SRC to DST over a link that makes it last
+        seconds (RAM filled, SLOW_LINK), once it is active; query-migrate
+        then."""
+        self.fill_ram(src)
+        set_params(src, max_bandwidth=SLOW_LINK)
+        if caps:
+            set_caps(src, **caps)
+        uri = 'unix:%s/%s.mig' % (RUN, src._name)
+        dst.command('migrate-incoming', uri=uri)
+        src.command('migrate', uri=uri)
+        return wait.until(lambda: (lambda i: i if i['status'] == 'active'
+                                   and i.get('ram', {}).get('transferred')
+                                   else None)(src.command('query-migrate')),
+                          30, 'migration not active')
+
+    @staticmethod
+    def fill_ram(vm):
+        vm.qtest('memset 0x%x 0x%x 0x5a' % RAM_FILL)
+
+    @staticmethod
+    def usable(vm, want, seed):
+        """After a migration that did not happen: the source's device
+        still holds WANT, and takes and gives back a new state (SEED)."""
+        kept = vm.mtty.read_state()
+        fresh = [uart_state(seed, port) for port in range(len(PORT_BASES))]
+        vm.mtty.write_state(fresh)
+        again = vm.mtty.read_state()
+        return {'run_status': vm.status(),
+                'states': trace_summary(vm.trace_path)['states'],
+                'kept': [mismatches(w, g) for w, g in zip(want, kept)],
+                'rewritten': [mismatches(expected_read(w), g)
+                              for w, g in zip(fresh, again)]}
+
+
+SCENARIOS = []
+
+
+def scenario(*checks):
+    """Register a scenario that reports CHECKS."""
+    def register(func):
+        SCENARIOS.append((func.__name__, checks, func))
+        return func
+    return register
+
+
+@scenario('registers', 'migration_properties')
+def registers(run):
+    """One QEMU, no migration: the harness reaches mtty (config space,
+    both ports' state written and read back), and the migration
+    properties: x-enable-migration (the alias) is accepted and sets
+    enable-migration; x-allow-pre-copy defaults to on."""
+    vm, want = run.source('regs', 1, ('x-enable-migration=on',))
+    before = vm.mtty.config()
+    peek = [vm.mtty.peek_port(base) for base in PORT_BASES]
+    got = vm.mtty.read_state()
+    run.report('registers', config=before, peek=peek, want=want, got=got,
+               diff=[mismatches(w, g) for w, g in zip(want, got)])
+    props = {}
+    for prop in ('enable-migration', 'x-allow-pre-copy'):
+        reply = vm.qmp('qom-get', path='/machine/peripheral/mtty0',
+                       property=prop)
+        props[prop] = reply.get('return', reply.get('error'))
+    run.report('migration_properties', props=props)
+
+
+def live_migration(run, name, seed, caps, props):
+    """Migrate the source (UART state of SEED) to a destination over a
+    UNIX socket, with CAPS on both sides and device properties PROPS on
+    both; report the facts as check NAME."""
+    src, want = run.source(name, seed, props)
+    dst = run.destination(name, props, caps)
+    set_caps(src, **caps)
+    uri = 'unix:%s/%s.mig' % (RUN, name)
+    dst.command('migrate-incoming', uri=uri)
+    src.command('migrate', uri=uri)
+    info = wait_migration(src, timeout=90)
+    run.report(name, want=want, **run.migration_facts(src, dst, info))
+
+
+@scenario('precopy_switchover_ack')
+def precopy_switchover_ack(run):
+    live_migration(run, 'precopy_switchover_ack', 2, ACK,
+                   ('enable-migration=on', 'x-allow-pre-copy=on'))
+
+
+@scenario('no_precopy')
+def no_precopy(run):
+    live_migration(run, 'no_precopy', 3, {},
+                   ('enable-migration=on', 'x-allow-pre-copy=off'))
+
+
+@scenario('switchover_ack_needs_return_path', 'postcopy_refused',
+          'background_snapshot_refused')
+def bad_input(run):
+    """Capabilities and migrations that must be refused, on one source,
+    which must run on with its device after each."""
+    src, want = run.source('bad', 4)
+    reply = src.qmp('migrate-set-capabilities', capabilities=[
+        {'capability': 'switchover-ack', 'state': True}])
+    caps = {c['capability']: c['state']
+            for c in src.command('query-migrate-capabilities')}
+    run.report('switchover_ack_needs_return_path', reply=reply,
+               switchover_ack=caps.get('switchover-ack'),
+               run_status=src.status())
+    for check, cap in (('postcopy_refused', 'postcopy-ram'),
+                       ('background_snapshot_refused',
+                        'background-snapshot')):
+        cap_reply = src.qmp('migrate-set-capabilities', capabilities=[
+            {'capability': cap, 'state': True}])
+        reply = src.qmp('migrate', uri='exec:cat > /dev/null')
+        time.sleep(0.5)
+        info = src.command('query-migrate')
+        src.qmp('migrate-set-capabilities', capabilities=[
+            {'capability': cap, 'state': False}])
+        run.report(check, cap_reply=cap_reply, reply=reply,
+                   status=info.get('status'), error_desc=info.get('error-desc'),
+                   run_status=src.status(), device=run.src_uuid,
+                   scratch=src.mtty.scratch_works(0x30 + len(run.lines)))
+
+
+@scenario('cancel')
+def cancel(run):
+    """Cancel a pre-copy migration while it runs: the source runs on,
+    its device holds the state it had and takes a new one."""
+    src, want = run.source('cancel', 5)
+    dst = run.destination('cancel')
+    before = run.slow_start(src, dst)
+    time.sleep(1)
+    during = src.command('query-migrate')
+    src.command('migrate_cancel')
+    info = wait_migration(src, timeout=30)
+    run.report('cancel', before=before.get('vfio'), during=during.get('vfio'),
+               status=info['status'], **run.usable(src, want, 15))
+
+
+@scenario('destination_killed')
+def destination_killed(run):
+    """Kill -9 the destination of a pre-copy migration with
+    switchover-ack while it runs: the migration fails, the source runs
+    on with its device."""
+    src, want = run.source('killed', 6)
+    dst = run.destination('killed', caps=ACK)
+    before = run.slow_start(src, dst, ACK)
+    time.sleep(1)
+    dst.kill()
+    info = wait_migration(src, timeout=30)
+    run.report('destination_killed', before=before.get('vfio'),
+               status=info['status'], error_desc=info.get('error-desc'),
+               **run.usable(src, want, 16))
+
+
+def load_stream(run, name, path):
+    """A destination loading the saved stream PATH; (vm, its run state
+    once loaded, or None if it exited: a failed load ends QEMU)."""
+    dst = run.destination(name)
+    dst.command('migrate-incoming', uri='exec:cat %s' % path)
+
+    def loaded():
+        if not dst.is_running():
+            return True
+        try:
+            return dst.status() != 'inmigrate'
+        except Exception:   # noqa: BLE001  (QMP gone: QEMU is exiting)
+            return False
+    wait.until(loaded, 60, 'still loading')
+    return dst, dst.status() if dst.is_running() else None
+
+
+@scenario('stream_file_loads', 'corrupted_device_data',
+          'truncated_device_data')
+def saved_stream(run):
+    """Save a migration (pre-copy, no return path) to a file; the file
+    loads on a destination; with the mtty data's magic flipped, or cut
+    inside the device's stop-copy data, the destination must fail
+    cleanly and say which device."""
+    src, want = run.source('stream', 7)
+    path = os.path.join(RUN, 'stream.bin')
+    src.command('migrate', uri='exec:cat > %s' % path)
+    info = wait_migration(src, timeout=60)
+    with open(path, 'rb') as f:
+        stream = f.read()
+    recycle(run.dst_uuid)
+    dst, status = load_stream(run, 'stream-good', path)
+    run.report('stream_file_loads', status=info['status'], size=len(stream),
+               magic_at=stream.find(MAGIC), dst_status=status, want=want,
+               got=dst.mtty.read_state() if status else None)
+    dst.shutdown()
+
+    bad = os.path.join(RUN, 'bad.bin')
+    flipped = stream.replace(MAGIC, bytes([MAGIC[0] ^ 0xff]) + MAGIC[1:])
+    fifo = bytes.fromhex(want[0]['fifo'])
+    cut = stream.find(fifo, stream.find(MAGIC) + 1)
+    for check, data in (('corrupted_device_data', flipped),
+                        ('truncated_device_data',
+                         stream[:cut + len(fifo)] if cut > 0 else b'')):
+        with open(bad, 'wb') as f:
+            f.write(data)
+        recycle(run.dst_uuid)
+        dst, status = load_stream(run, check, bad)
+        run.report(check, dst_status=status, size=len(data),
+                   magics=stream.count(MAGIC), device=run.dst_uuid,
+                   dst_name=dst._name)
+
+
+def main(argv):
+    qemu, wanted = argv[1], set(argv[2:])
+    run = Run(qemu)
+    print('FERRY-VFIO-DRIVER mdevs %s %s' % (run.src_uuid, run.dst_uuid),
+          flush=True)
+    for name, checks, func in SCENARIOS:
+        if wanted and name not in wanted:
+            continue
+        started, error = time.monotonic(), None
+        try:
+            for uuid in (run.src_uuid, run.dst_uuid):
+                recycle(uuid)
+            func(run)
+        except Exception:   # noqa: BLE001  (reported on the check lines)
+            error = traceback.format_exc()[-3000:]
+        run.finish(checks, started, error)
+    print(END, flush=True)
+
+
+if __name__ == '__main__':
+    main(sys.argv)
