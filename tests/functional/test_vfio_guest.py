@@ -16,15 +16,13 @@ Skips only when tests/guests/build could not fetch the kernel packages
 
 import json
 import os
-import time
 import unittest
 
 from ferry import env
 from ferry.linux import script_output
-from ferry.vfio_guest import (DIR, MDEV_TYPE, built, mdevs, probe_values,
-                              unavailable, vfio_guest)
+from ferry.vfio_guest import (DIR, MDEV_TYPE, mdevs, needs_guest,
+                              probe_values, run_script)
 
-REASON = unavailable()
 # VFIO_DEVICE_STATE_RUNNING in the uAPI.
 RUNNING = '2'
 
@@ -54,23 +52,12 @@ echo "INNER-END rc=$?"
 '''
 
 
-@unittest.skipIf(REASON, 'x86_64-vfio guest not built, kernel packages '
-                 'not fetchable: %s' % REASON)
+@needs_guest
 class VfioGuest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not built():
-            raise AssertionError('%s missing: run "make guests" (tests/'
-                                 'guests/build)' % env.guest(DIR))
         script = SCRIPT.replace('@QEMU@', env.ferry_binary('x86_64'))
-        vm = vfio_guest(script, host_root=True)
-        start = time.monotonic()
-        vm.launch()
-        try:
-            vm.wait(timeout=120)    # the guest powers off after its script
-        finally:
-            vm.shutdown()
-        cls.seconds = time.monotonic() - start
+        vm, cls.seconds, _ = run_script(script, 120, host_root=True)
         cls.serial = vm.serial().replace('\r', '')
         cls.out = script_output(vm)
         cls.devices = mdevs(vm)

@@ -46,9 +46,11 @@ FCR_ENABLE_CLEAR = 0x07     # enable the FIFO, clear both directions
 IER_RLSI = 0x04
 FIFO_SIZE = 16
 
-# struct mtty_data's header, little-endian: magic, major, minor version.
+# struct mtty_data, little-endian: a header (magic, major and minor
+# version, port count, flags), then 36 bytes of struct serial_port a port.
 MAGIC = struct.pack('<Q', 0x7e9d09898c3e2c4e)
 HEADER_SIZE = 24
+DATA_SIZE = HEADER_SIZE + 36 * len(PORT_BASES)
 
 
 class Mtty:
@@ -145,12 +147,6 @@ class Mtty:
     def read_state(self):
         return [self.read_port(base) for base in PORT_BASES]
 
-    def scratch_works(self, value):
-        """Write VALUE to port 0's SCR and read it back: the device still
-        answers.  Returns what was read."""
-        self.outb(PORT_BASES[0] + SCR, value)
-        return self.inb(PORT_BASES[0] + SCR)
-
 
 def uart_state(seed, port):
     """A UART state for PORT that no other SEED shares: the register
@@ -162,13 +158,22 @@ def uart_state(seed, port):
             'fifo': fifo.hex()}
 
 
-def expected_read(state):
-    """What read_port() must return for a port that write_port() set to
-    STATE: the same values, DLAB still set, every byte still queued, and
-    the FIFO empty (THRE|TEMT, no DR) once popped."""
-    return dict(state, dlab=True, lsr=LSR_DR, lsr_empty=LSR_THRE | LSR_TEMT)
+def device_state(seed):
+    """uart_state() of SEED for each port, for write_state()."""
+    return [uart_state(seed, port) for port in range(len(PORT_BASES))]
+
+
+def expected_read(seed):
+    """What read_state() must return for the device that write_state()
+    set to device_state(SEED): the same values, DLAB still set, every
+    byte still queued, and the FIFO empty (THRE|TEMT, no DR) once
+    popped."""
+    return [dict(state, dlab=True, lsr=LSR_DR, lsr_empty=LSR_THRE | LSR_TEMT)
+            for state in device_state(seed)]
 
 
 def mismatches(want, got):
-    """{key: (want, got)} where the port state GOT differs from WANT."""
-    return {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+    """For each port, {key: (want, got)} where the state GOT read back
+    differs from WANT: [{}, {}] when the device holds what it should."""
+    return [{k: (v, g.get(k)) for k, v in w.items() if g.get(k) != v}
+            for w, g in zip(want, got)]

@@ -10,10 +10,13 @@ guest (9p), so that Ferry's own binaries run there without being copied.
 
 import os
 import re
+import time
+import unittest
 
 from ferry import env
 from ferry.cpio import cpio_newc
 from ferry.machine import Guest
+from qemu.machine.machine import AbnormalShutdown
 
 DIR = 'x86_64-vfio'
 # What init-vfio creates (tests/guests/build, VFIO_MDEVS).
@@ -35,6 +38,32 @@ def unavailable():
 
 def built():
     return os.path.exists(env.guest(os.path.join(DIR, 'initrd')))
+
+
+def needs_guest(cls):
+    """Class decorator of the tests that boot the guest: they skip only
+    when its packages could not be fetched, and say why."""
+    reason = unavailable()
+    return unittest.skipIf(reason, 'x86_64-vfio guest not built, kernel '
+                           'packages not fetchable: %s' % reason)(cls)
+
+
+def run_script(script, timeout, **kw):
+    """Boot the guest (vfio_guest(), KW as there) to run SCRIPT and wait
+    until it powers off, at most TIMEOUT seconds; (the guest, seconds it
+    took, whether it timed out and was killed)."""
+    if not built():
+        raise AssertionError('%s missing: run "make guests" (tests/guests/'
+                             'build)' % env.guest(DIR))
+    vm = vfio_guest(script, **kw)
+    start = time.monotonic()
+    vm.launch()
+    try:
+        vm.wait(timeout=timeout)
+        timed_out = False
+    except AbnormalShutdown:    # wait() timed out and killed it
+        timed_out = True
+    return vm, time.monotonic() - start, timed_out
 
 
 def vfio_guest(script, flavour='ferry', name='vfio', mem='512M',

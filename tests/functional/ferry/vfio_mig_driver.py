@@ -9,8 +9,9 @@ Each scenario starts inner QEMUs (QEMU, -accel qtest, no firmware, one
 mtty mdev each as vfio-pci with migration enabled), writes UART state on
 the source through qtest (ferry.mtty), migrates, and reads the state
 back wherever it should be.  The source always has the first mdev, a
-destination the second; both are re-created before each scenario, so a
-destination reads all zeros unless the migration brought the state.
+destination the second; an mdev is re-created before each inner QEMU
+that opens it, so a destination reads all zeros unless the migration
+brought the state.
 
 One line per check on stdout (the guest's console):
 
@@ -32,9 +33,9 @@ import traceback
 
 from ferry import wait
 from ferry.machine import wait_migration
-from ferry.migrate import set_caps, set_params
-from ferry.mtty import (MAGIC, PORT_BASES, Mtty, expected_read, mismatches,
-                        uart_state)
+from ferry.migrate import FAST_LINK, set_caps, set_params
+from ferry.mtty import (MAGIC, PORT_BASES, Mtty, device_state, expected_read,
+                        mismatches)
 from qemu.machine.qtest import QEMUQtestMachine
 
 PREFIX = 'FERRY-VFIO-RESULT '
@@ -53,6 +54,9 @@ TRACE_EVENTS = ('vfio_*', 'loadvm_approve_switchover',
 # Trace events of every register access: counted, not listed.
 NOISY = ('vfio_region_read', 'vfio_region_write', 'vfio_pci_read_config',
          'vfio_pci_write_config')
+# The events that say which state the device is put in ("FROM -> TO"),
+# and the state names they print.
+STATE_EVENTS = ('vfio_mig_set_state', 'vfio_mig_reset')
 STATES = ('ERROR', 'STOP_COPY', 'STOP', 'RUNNING_P2P', 'RUNNING',
           'RESUMING', 'PRE_COPY_P2P', 'PRE_COPY')
 LOG_TAIL = 1500
@@ -69,6 +73,7 @@ class Inner(QEMUQtestMachine):
 
     def __init__(self, qemu, name, uuid, props=(), extra=()):
         super().__init__(qemu, name=name, base_temp_dir=RUN, sock_dir=RUN)
+        self.uuid = uuid
         self.trace_path = os.path.join(RUN, name + '.trace')
         device = ['vfio-pci', 'sysfsdev=%s/%s' % (MDEVS, uuid), 'id=mtty0',
                   'addr=%d' % SLOT, *props]
@@ -98,12 +103,12 @@ def recycle(uuid):
 
 
 def trace_summary(path):
-    """What an inner QEMU's trace says: how often each event fired, the
-    device states named by vfio_* events whose name mentions a state, in
-    order (repeats folded), the [initial, dirty] pre-copy sizes of the
-    events about pre-copy, and the migration events' lines (not the
-    register accesses)."""
-    events, states, lines, precopy = {}, [], [], []
+    """What an inner QEMU's trace says: how often each event fired; in
+    order (repeats folded) the device states the STATE_EVENTS name, and
+    the events other than register
+    accesses; the [initial, dirty] pre-copy sizes of the events about
+    pre-copy; the last lines of those events."""
+    events, states, lines, precopy, sequence = {}, [], [], [], []
     try:
         with open(path, errors='replace') as f:
             text = f.read()
@@ -118,14 +123,16 @@ def trace_summary(path):
         if name in NOISY:
             continue
         lines.append(line)
+        if sequence[-1:] != [name]:
+            sequence.append(name)
         if 'precopy' in name:
             precopy += [[int(n) for n in m] for m in PRECOPY.findall(line)]
-        if name.startswith('vfio') and 'state' in name:
+        if name in STATE_EVENTS:
             for word in re.split(r'[^A-Z_0-9]+', ' '.join(words[1:])):
                 if word in STATES and (not states or states[-1] != word):
                     states.append(word)
     return {'events': events, 'states': states, 'precopy': precopy,
-            'lines': lines[-60:]}
+            'sequence': sequence, 'lines': lines[-60:]}
 
 
 class Run:
@@ -139,6 +146,13 @@ class Run:
         self.vms, self.lines = [], []
 
     def start(self, name, uuid, props=(), extra=()):
+        """An inner QEMU on a fresh mdev UUID (see recycle()), once the
+        scenario's QEMUs that had it are gone."""
+        for vm in self.vms:
+            if vm.uuid == uuid and vm.is_running():
+                wait.until(lambda: not vm.is_running(), 20,
+                           '%s still holds %s' % (vm._name, uuid))
+        recycle(uuid)
         vm = Inner(self.qemu, name, uuid, props, extra)
         self.vms.append(vm)
         vm.launch()
@@ -149,9 +163,8 @@ class Run:
         written; (vm, what read_state() must return)."""
         vm = self.start(name + '-src', self.src_uuid, props)
         vm.mtty.map_ports()
-        states = [uart_state(seed, port) for port in range(len(PORT_BASES))]
-        vm.mtty.write_state(states)
-        return vm, [expected_read(s) for s in states]
+        vm.mtty.write_state(device_state(seed))
+        return vm, expected_read(seed)
 
     def destination(self, name, props=('enable-migration=on',), caps=None):
         """An inner QEMU on the destination mdev, waiting (-incoming
@@ -190,10 +203,17 @@ class Run:
             print(PREFIX + json.dumps(line, sort_keys=True), flush=True)
         self.vms, self.lines = [], []
 
-    def migration_facts(self, src, dst, info):
-        """What a live migration's checks look at, once it ended: the
+    def migrate(self, src, name, caps, props=('enable-migration=on',)):
+        """Migrate SRC to a new destination over a UNIX socket, with CAPS
+        on both sides; what the checks look at once it ended: the
         source's query-migrate, and if it completed the destination's
         run state, config space and UART state."""
+        dst = self.destination(name, props, caps)
+        set_caps(src, **caps)
+        uri = 'unix:%s/%s.mig' % (RUN, name)
+        dst.command('migrate-incoming', uri=uri)
+        src.command('migrate', uri=uri)
+        info = wait_migration(src, timeout=90)
         facts = {'status': info['status'], 'vfio': info.get('vfio'),
                  'error_desc': info.get('error-desc'),
                  'ram': info.get('ram', {}).get('transferred'),
@@ -228,16 +248,16 @@ class Run:
     @staticmethod
     def usable(vm, want, seed):
         """After a migration that did not happen: the source's device
-        still holds WANT, and takes and gives back a new state (SEED)."""
+        still holds WANT, and takes and gives back a new state (SEED),
+        which it then holds."""
         kept = vm.mtty.read_state()
-        fresh = [uart_state(seed, port) for port in range(len(PORT_BASES))]
-        vm.mtty.write_state(fresh)
+        vm.mtty.write_state(device_state(seed))
         again = vm.mtty.read_state()
+        vm.mtty.write_state(device_state(seed))
         return {'run_status': vm.status(),
                 'states': trace_summary(vm.trace_path)['states'],
-                'kept': [mismatches(w, g) for w, g in zip(want, kept)],
-                'rewritten': [mismatches(expected_read(w), g)
-                              for w, g in zip(fresh, again)]}
+                'kept': mismatches(want, kept),
+                'rewritten': mismatches(expected_read(seed), again)}
 
 
 SCENARIOS = []
@@ -262,7 +282,7 @@ def registers(run):
     peek = [vm.mtty.peek_port(base) for base in PORT_BASES]
     got = vm.mtty.read_state()
     run.report('registers', config=before, peek=peek, want=want, got=got,
-               diff=[mismatches(w, g) for w, g in zip(want, got)])
+               diff=mismatches(want, got))
     props = {}
     for prop in ('enable-migration', 'x-allow-pre-copy'):
         reply = vm.qmp('qom-get', path='/machine/peripheral/mtty0',
@@ -272,17 +292,11 @@ def registers(run):
 
 
 def live_migration(run, name, seed, caps, props):
-    """Migrate the source (UART state of SEED) to a destination over a
-    UNIX socket, with CAPS on both sides and device properties PROPS on
-    both; report the facts as check NAME."""
+    """Migrate a source (UART state of SEED) to a destination with CAPS
+    on both sides and device properties PROPS on both; report the facts
+    as check NAME."""
     src, want = run.source(name, seed, props)
-    dst = run.destination(name, props, caps)
-    set_caps(src, **caps)
-    uri = 'unix:%s/%s.mig' % (RUN, name)
-    dst.command('migrate-incoming', uri=uri)
-    src.command('migrate', uri=uri)
-    info = wait_migration(src, timeout=90)
-    run.report(name, want=want, **run.migration_facts(src, dst, info))
+    run.report(name, want=want, **run.migrate(src, name, caps, props))
 
 
 @scenario('precopy_switchover_ack')
@@ -310,26 +324,27 @@ def bad_input(run):
     run.report('switchover_ack_needs_return_path', reply=reply,
                switchover_ack=caps.get('switchover-ack'),
                run_status=src.status())
-    for check, cap in (('postcopy_refused', 'postcopy-ram'),
-                       ('background_snapshot_refused',
-                        'background-snapshot')):
+    for seed, check, cap in ((14, 'postcopy_refused', 'postcopy-ram'),
+                             (24, 'background_snapshot_refused',
+                              'background-snapshot')):
         cap_reply = src.qmp('migrate-set-capabilities', capabilities=[
             {'capability': cap, 'state': True}])
         reply = src.qmp('migrate', uri='exec:cat > /dev/null')
-        time.sleep(0.5)
+        time.sleep(0.5)     # a migration that was not refused goes on
         info = src.command('query-migrate')
         src.qmp('migrate-set-capabilities', capabilities=[
             {'capability': cap, 'state': False}])
         run.report(check, cap_reply=cap_reply, reply=reply,
                    status=info.get('status'), error_desc=info.get('error-desc'),
-                   run_status=src.status(), device=run.src_uuid,
-                   scratch=src.mtty.scratch_works(0x30 + len(run.lines)))
+                   device=run.src_uuid, **run.usable(src, want, seed))
+        want = expected_read(seed)
 
 
-@scenario('cancel')
+@scenario('cancel', 'migrate_after_cancel')
 def cancel(run):
     """Cancel a pre-copy migration while it runs: the source runs on,
-    its device holds the state it had and takes a new one."""
+    its device holds the state it had and takes a new one, which a
+    second migration then moves."""
     src, want = run.source('cancel', 5)
     dst = run.destination('cancel')
     before = run.slow_start(src, dst)
@@ -339,6 +354,9 @@ def cancel(run):
     info = wait_migration(src, timeout=30)
     run.report('cancel', before=before.get('vfio'), during=during.get('vfio'),
                status=info['status'], **run.usable(src, want, 15))
+    set_params(src, max_bandwidth=FAST_LINK)
+    run.report('migrate_after_cancel', want=expected_read(15),
+               **run.migrate(src, 'retry', {}))
 
 
 @scenario('destination_killed')
@@ -387,7 +405,6 @@ def saved_stream(run):
     info = wait_migration(src, timeout=60)
     with open(path, 'rb') as f:
         stream = f.read()
-    recycle(run.dst_uuid)
     dst, status = load_stream(run, 'stream-good', path)
     run.report('stream_file_loads', status=info['status'], size=len(stream),
                magic_at=stream.find(MAGIC), dst_status=status, want=want,
@@ -403,7 +420,6 @@ def saved_stream(run):
                          stream[:cut + len(fifo)] if cut > 0 else b'')):
         with open(bad, 'wb') as f:
             f.write(data)
-        recycle(run.dst_uuid)
         dst, status = load_stream(run, check, bad)
         run.report(check, dst_status=status, size=len(data),
                    magics=stream.count(MAGIC), device=run.dst_uuid,
@@ -420,8 +436,6 @@ def main(argv):
             continue
         started, error = time.monotonic(), None
         try:
-            for uuid in (run.src_uuid, run.dst_uuid):
-                recycle(uuid)
             func(run)
         except Exception:   # noqa: BLE001  (reported on the check lines)
             error = traceback.format_exc()[-3000:]
