@@ -96,7 +96,8 @@ class VfioMigration(unittest.TestCase):
 
     @staticmethod
     def logs(facts):
-        return '\n'.join('--- %s (exit %s):\n%s' % (name, vm['exit'], vm['log'])
+        return '\n'.join('--- %s (exit %s):\n%s'
+                         % (name, vm['exit'], vm['log'])
                          for name, vm in facts['vms'].items())
 
     @staticmethod
@@ -109,8 +110,8 @@ class VfioMigration(unittest.TestCase):
         """A completed live migration: the destination runs and reads back
         exactly the UART state written on the source, with its BARs where
         the source had them (the config space came along)."""
-        self.assertEqual(facts['status'], 'completed',
-                         '%s\n%s' % (facts.get('error_desc'), self.logs(facts)))
+        self.assertEqual(facts['status'], 'completed', '%s\n%s'
+                         % (facts.get('error_desc'), self.logs(facts)))
         self.assertEqual(facts['src_status'], 'postmigrate')
         self.assertEqual(facts['dst_status'], 'running')
         self.assertEqual(facts['got'], facts['want'], 'UART state differs')

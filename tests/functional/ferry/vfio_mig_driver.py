@@ -148,10 +148,9 @@ class Run:
     def start(self, name, uuid, props=(), extra=()):
         """An inner QEMU on a fresh mdev UUID (see recycle()), once the
         scenario's QEMUs that had it are gone."""
-        for vm in self.vms:
-            if vm.uuid == uuid and vm.is_running():
-                wait.until(lambda: not vm.is_running(), 20,
-                           '%s still holds %s' % (vm._name, uuid))
+        holders = [vm for vm in self.vms if vm.uuid == uuid]
+        wait.until(lambda: not any(vm.is_running() for vm in holders), 20,
+                   '%s still open by a QEMU' % uuid)
         recycle(uuid)
         vm = Inner(self.qemu, name, uuid, props, extra)
         self.vms.append(vm)
@@ -209,10 +208,7 @@ class Run:
         source's query-migrate, and if it completed the destination's
         run state, config space and UART state."""
         dst = self.destination(name, props, caps)
-        set_caps(src, **caps)
-        uri = 'unix:%s/%s.mig' % (RUN, name)
-        dst.command('migrate-incoming', uri=uri)
-        src.command('migrate', uri=uri)
+        start_migration(src, dst, caps)
         info = wait_migration(src, timeout=90)
         facts = {'status': info['status'], 'vfio': info.get('vfio'),
                  'error_desc': info.get('error-desc'),
@@ -224,26 +220,6 @@ class Run:
             facts.update(dst_status=dst.status(), config=dst.mtty.config(),
                          got=dst.mtty.read_state())
         return facts
-
-    def slow_start(self, src, dst, caps=None):
-        """Start migrating SRC to DST over a link that makes it last
-        seconds (RAM filled, SLOW_LINK), once it is active; query-migrate
-        then."""
-        self.fill_ram(src)
-        set_params(src, max_bandwidth=SLOW_LINK)
-        if caps:
-            set_caps(src, **caps)
-        uri = 'unix:%s/%s.mig' % (RUN, src._name)
-        dst.command('migrate-incoming', uri=uri)
-        src.command('migrate', uri=uri)
-        return wait.until(lambda: (lambda i: i if i['status'] == 'active'
-                                   and i.get('ram', {}).get('transferred')
-                                   else None)(src.command('query-migrate')),
-                          30, 'migration not active')
-
-    @staticmethod
-    def fill_ram(vm):
-        vm.qtest('memset 0x%x 0x%x 0x5a' % RAM_FILL)
 
     @staticmethod
     def usable(vm, want, seed):
@@ -291,6 +267,29 @@ def registers(run):
     run.report('migration_properties', props=props)
 
 
+def start_migration(src, dst, caps):
+    """Migrate SRC to DST (waiting, -incoming defer) over a UNIX socket,
+    with CAPS on SRC."""
+    set_caps(src, **caps)
+    uri = 'unix:%s/%s.mig' % (RUN, dst._name)
+    dst.command('migrate-incoming', uri=uri)
+    src.command('migrate', uri=uri)
+
+
+def slow_start(src, dst, caps):
+    """Start migrating SRC to DST over a link that makes it last seconds
+    (RAM filled, SLOW_LINK); query-migrate once RAM is moving."""
+    src.qtest('memset 0x%x 0x%x 0x5a' % RAM_FILL)
+    set_params(src, max_bandwidth=SLOW_LINK)
+    start_migration(src, dst, caps)
+
+    def moving():
+        info = src.command('query-migrate')
+        return info['status'] == 'active' and info['ram']['transferred'] \
+            and info
+    return wait.until(moving, 30, 'migration not active')
+
+
 def live_migration(run, name, seed, caps, props):
     """Migrate a source (UART state of SEED) to a destination with CAPS
     on both sides and device properties PROPS on both; report the facts
@@ -335,8 +334,9 @@ def bad_input(run):
         src.qmp('migrate-set-capabilities', capabilities=[
             {'capability': cap, 'state': False}])
         run.report(check, cap_reply=cap_reply, reply=reply,
-                   status=info.get('status'), error_desc=info.get('error-desc'),
-                   device=run.src_uuid, **run.usable(src, want, seed))
+                   status=info.get('status'), device=run.src_uuid,
+                   error_desc=info.get('error-desc'),
+                   **run.usable(src, want, seed))
         want = expected_read(seed)
 
 
@@ -347,7 +347,7 @@ def cancel(run):
     second migration then moves."""
     src, want = run.source('cancel', 5)
     dst = run.destination('cancel')
-    before = run.slow_start(src, dst)
+    before = slow_start(src, dst, {})
     time.sleep(1)
     during = src.command('query-migrate')
     src.command('migrate_cancel')
@@ -366,7 +366,7 @@ def destination_killed(run):
     on with its device."""
     src, want = run.source('killed', 6)
     dst = run.destination('killed', caps=ACK)
-    before = run.slow_start(src, dst, ACK)
+    before = slow_start(src, dst, ACK)
     time.sleep(1)
     dst.kill()
     info = wait_migration(src, timeout=30)
