@@ -407,6 +407,10 @@ static ssize_t fake_write(void *opaque, int fd, const void *buf, size_t len)
     if (ft->efault_write_at && dev->writes == ft->efault_write_at) {
         return -EFAULT;
     }
+    if (ft->stall_write_at && dev->writes >= ft->stall_write_at) {
+        g_assert_cmpuint(dev->writes, <, ft->stall_write_at + 1000);
+        return 0;
+    }
     if (ft->short_write_at && dev->writes == ft->short_write_at && len > 1) {
         len /= 2;
     }

@@ -72,6 +72,8 @@ typedef struct FakeFaults {
     int read_errno;
     /* write() takes only half of what it is given, once, at the n-th */
     int short_write_at;
+    /* write() takes nothing (returns 0) from the n-th on */
+    int stall_write_at;
     /* write() fails with EFAULT at the n-th */
     int efault_write_at;
     /* VFIO_DEVICE_RESET fails */
