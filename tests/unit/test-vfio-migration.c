@@ -347,11 +347,13 @@ static void src_precopy(Pair *p, unsigned rounds, uint64_t dirty)
     src_rounds(p, rounds, dirty, true);
 }
 
-/* The VM stops, the device's rest and its config go, both sides clean up */
-static void finish(Pair *p)
+/*
+ * The device's rest and its config go, both sides clean up.  The VM has
+ * stopped: QEMU's vm_stop_force_state() runs the VM-state handlers only
+ * when the VM was running.
+ */
+static void finish_stopped(Pair *p)
 {
-    g_assert_cmpint(vm_change(p->src, false, RUN_STATE_FINISH_MIGRATE), ==,
-                    0);
     g_assert_cmpint(save_section(p, H->save_live_complete_precopy, 0), ==,
                     0);
     g_assert_cmpint(save_section(p, save_config, 0), ==, 0);
@@ -359,6 +361,14 @@ static void finish(Pair *p)
     g_assert_cmpint(p->load_ret, ==, 0);
     g_assert_cmpint(H->load_cleanup(p->dst), ==, 0);
     g_assert_cmpint(vm_change(p->dst, true, RUN_STATE_RUNNING), ==, 0);
+}
+
+/* The VM stops for the switchover, then as finish_stopped() */
+static void finish(Pair *p)
+{
+    g_assert_cmpint(vm_change(p->src, false, RUN_STATE_FINISH_MIGRATE), ==,
+                    0);
+    finish_stopped(p);
 }
 
 /* A whole migration that must succeed */
@@ -634,7 +644,7 @@ static void test_precopy_vm_paused(void)
     g_assert_cmpint(vm_change(p->src, false, RUN_STATE_PAUSED), ==, 0);
     g_assert_cmpuint(p->sdev->state, ==, VFIO_DEVICE_STATE_STOP_COPY);
     src_precopy(p, MAX_ROUNDS, 0);
-    finish(p);
+    finish_stopped(p);
     g_assert_cmpstr(fake_path(p->sdev), ==,
                     "RUNNING PRE_COPY STOP_COPY STOP");
     g_assert(g_str_has_suffix(p->stream->str, "DATA:2100 END | CONFIG END"));
@@ -677,6 +687,23 @@ static void test_stop_copy(gconstpointer data)
                     "SETUP END | DATA:3000 END | CONFIG END");
     g_assert_cmpuint(p->sdev->precopy_info_calls, ==, 0);
     g_assert_cmpuint(approvals, ==, 0);
+    assert_moved(p);
+    pair_free(p);
+}
+
+/* A guest paused before the migration: its device has nothing to pre-copy */
+static void test_stop_copy_vm_paused_before(void)
+{
+    Pair *p = pair_new(&base_cfg, true);
+
+    g_assert_cmpint(vm_change(p->src, false, RUN_STATE_PAUSED), ==, 0);
+    dst_setup(p);
+    g_assert_cmpint(src_setup(p), ==, 0);
+    src_precopy(p, MAX_ROUNDS, 0);
+    finish_stopped(p);
+    g_assert_cmpstr(fake_path(p->sdev), ==, "RUNNING STOP STOP_COPY STOP");
+    g_assert_cmpstr(p->stream->str, ==,
+                    "SETUP END | DATA:3000 END | CONFIG END");
     assert_moved(p);
     pair_free(p);
 }
@@ -920,25 +947,32 @@ static void test_read_error(void)
     pair_free(p);
 }
 
-static void test_refuses_postcopy(void)
+/* Asked before the migration starts (save_prepare); nothing changes */
+static void test_refuses(gconstpointer data)
 {
+    const char *what = data;
     Pair *p = pair_new(&base_cfg, true);
+    Error *err = NULL;
 
-    stub_postcopy_ram = true;
-    g_assert_cmpint(src_setup(p), <, 0);
+    stub_postcopy_ram = !strcmp(what, "postcopy");
+    stub_background_snapshot = !strcmp(what, "background snapshot");
+    if (!strcmp(what, "ERROR")) {
+        p->sdev->faults.fail_arc_to = VFIO_DEVICE_STATE_STOP;
+        p->sdev->faults.fail_arc_count = -1;
+        p->sdev->faults.fail_arc_to_error = true;
+        p->sdev->faults.reset_fails = true;
+        g_assert_cmpint(set_state(p->src, VFIO_DEVICE_STATE_STOP,
+                                  VFIO_DEVICE_STATE_RUNNING), <, 0);
+        g_string_truncate(errors, 0);
+        fake_path_restart(p->sdev);
+    }
+    g_assert_cmpint(H->save_prepare(p->src, &err), <, 0);
+    g_assert(strstr(error_get_pretty(err), what));
+    report(0, err);
     assert_error_names("fake-src");
-    g_assert_cmpstr(fake_path(p->sdev), ==, "RUNNING");
-    pair_free(p);
-}
-
-static void test_refuses_background_snapshot(void)
-{
-    Pair *p = pair_new(&base_cfg, true);
-
-    stub_background_snapshot = true;
-    g_assert_cmpint(src_setup(p), <, 0);
-    assert_error_names("fake-src");
-    g_assert_cmpstr(fake_path(p->sdev), ==, "RUNNING");
+    g_assert_cmpstr(fake_path(p->sdev), ==, strcmp(what, "ERROR") ?
+                    "RUNNING" : "ERROR");
+    g_assert_cmpuint(fake_open_fds(p->sdev), ==, 0);
     pair_free(p);
 }
 
@@ -980,16 +1014,15 @@ static void test_load_write_fault(gconstpointer data)
     pair_free(p);
 }
 
-/* A section the loader is given; @resuming: after load_setup */
-static int load_crafted(Pair *p, bool resuming, const uint64_t *words,
-                        int n, size_t payload)
+/*
+ * A section built from be64 words; each DATA_STATE's length word is
+ * followed by up to @payload bytes (the stream's magic, then filler).
+ */
+static GByteArray *craft(const uint64_t *words, int n, size_t payload)
 {
-    g_autoptr(GByteArray) b = g_byte_array_new();
+    GByteArray *b = g_byte_array_new();
     uint8_t be[8];
 
-    if (resuming) {
-        dst_setup(p);
-    }
     for (int i = 0; i < n; i++) {
         stq_be_p(be, words[i]);
         g_byte_array_append(b, be, 8);
@@ -1002,6 +1035,25 @@ static int load_crafted(Pair *p, bool resuming, const uint64_t *words,
                 g_byte_array_append(b, &byte, 1);
             }
         }
+    }
+    return b;
+}
+
+static int load_bytes_words(Pair *p, const uint64_t *words, int n)
+{
+    g_autoptr(GByteArray) b = craft(words, n, 0);
+
+    return load_bytes(p->dst, b->data, b->len);
+}
+
+/* The loader is given a crafted section; @resuming: after load_setup */
+static int load_crafted(Pair *p, bool resuming, const uint64_t *words,
+                        int n, size_t payload)
+{
+    g_autoptr(GByteArray) b = craft(words, n, payload);
+
+    if (resuming) {
+        dst_setup(p);
     }
     return load_bytes(p->dst, b->data, b->len);
 }
@@ -1045,17 +1097,25 @@ static void test_load_rejects(gconstpointer data)
     pair_free(p);
 }
 
-/* The destination's device refuses the stream when it must run it */
+/*
+ * The destination's device refuses the state it was sent when RESUMING
+ * ends, which the config section (after all device data) does: the
+ * incoming migration fails, naming the device, before the guest starts.
+ */
 static void test_load_corrupt_state(void)
 {
     Pair *p = pair_new(&base_cfg, true);
-    static const uint64_t words[] = { DATA, 100, END };
+    static const uint64_t data[] = { DATA, 100, END };
+    static const uint64_t config[] = {
+        VFIO_MIG_FLAG_DEV_CONFIG_STATE, 0xc0f1f00d40414243ULL, END,
+    };
 
-    g_assert_cmpint(load_crafted(p, true, words, 3, 100), ==, 0);
-    g_assert_cmpint(H->load_cleanup(p->dst), ==, 0);
-    g_assert_cmpint(vm_change(p->dst, true, RUN_STATE_RUNNING), <, 0);
+    g_assert_cmpint(load_crafted(p, true, data, 3, 100), ==, 0);
+    g_assert_cmpint(load_bytes_words(p, config, 3), <, 0);
     assert_error_names("fake-dst");
     g_assert_cmpuint(p->ddev->loaded->len, ==, 0);
+    g_assert(!p->ddev->config_was_loaded);
+    H->load_cleanup(p->dst);
     g_assert_cmpuint(fake_open_fds(p->ddev), ==, 0);
     pair_free(p);
 }
@@ -1065,10 +1125,9 @@ static void test_load_bad_config(void)
     Pair *p = pair_new(&base_cfg, true);
     static const uint64_t words[] = { VFIO_MIG_FLAG_DEV_CONFIG_STATE, 0, 0 };
 
-    g_assert_cmpint(load_crafted(p, true, words, 3, 0), <, 0);
+    g_assert_cmpint(load_crafted(p, false, words, 3, 0), <, 0);
     assert_error_names("fake-dst");
     g_assert(!p->ddev->config_was_loaded);
-    H->load_cleanup(p->dst);
     pair_free(p);
 }
 
@@ -1093,13 +1152,16 @@ static void run_case(gconstpointer opaque)
     }
 }
 
+static GPtrArray *cases;
+
 static void add_case(const char *path, GTestFunc fn, GTestDataFunc data_fn,
                      gconstpointer data)
 {
     TestCase *tc = g_new(TestCase, 1);
 
     *tc = (TestCase) { .fn = fn, .data_fn = data_fn, .data = data };
-    g_test_add_data_func_full(path, tc, run_case, g_free);
+    g_ptr_array_add(cases, tc);
+    g_test_add_data_func(path, tc, run_case);
 }
 
 static void add(const char *path, GTestFunc fn)
@@ -1119,6 +1181,7 @@ int main(int argc, char **argv)
     module_call_init(MODULE_INIT_QOM);
     g_test_init(&argc, &argv, NULL);
     errors = g_string_new("");
+    cases = g_ptr_array_new_with_free_func(g_free);
     add("/vfio-migration/precopy/path", test_precopy_path);
     add("/vfio-migration/precopy/p2p-path", test_precopy_p2p_path);
     add("/vfio-migration/precopy/ack-after-initial-data",
@@ -1144,6 +1207,8 @@ int main(int argc, char **argv)
              &stop_copy_no_precopy, test_stop_copy);
     add_data("/vfio-migration/stop-copy/p2p", &stop_copy_p2p,
              test_stop_copy);
+    add("/vfio-migration/stop-copy/vm-paused-before",
+        test_stop_copy_vm_paused_before);
     add("/vfio-migration/pending/stop-copy-size-alone",
         test_pending_stop_copy_size_alone);
     add("/vfio-migration/pending/unknown-size", test_pending_unknown_size);
@@ -1165,9 +1230,11 @@ int main(int argc, char **argv)
     add("/vfio-migration/fail/reset-behind-the-core",
         test_reset_behind_core);
     add("/vfio-migration/fail/read-error", test_read_error);
-    add("/vfio-migration/refuses/postcopy", test_refuses_postcopy);
-    add("/vfio-migration/refuses/background-snapshot",
-        test_refuses_background_snapshot);
+    add_data("/vfio-migration/refuses/postcopy", "postcopy", test_refuses);
+    add_data("/vfio-migration/refuses/background-snapshot",
+             "background snapshot", test_refuses);
+    add_data("/vfio-migration/refuses/device-in-error", "ERROR",
+             test_refuses);
     add("/vfio-migration/load/short-write-resumed",
         test_load_short_write_resumed);
     add_data("/vfio-migration/load/write-without-progress",
@@ -1185,5 +1252,6 @@ int main(int argc, char **argv)
     add("/vfio-migration/load/rejects/bad-config", test_load_bad_config);
     ret = g_test_run();
     g_string_free(errors, true);
+    g_ptr_array_free(cases, true);
     return ret;
 }
