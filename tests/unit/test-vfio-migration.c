@@ -1060,10 +1060,12 @@ static int load_crafted(Pair *p, bool resuming, const uint64_t *words,
 
 #define END     VFIO_MIG_FLAG_END_OF_STATE
 #define DATA    VFIO_MIG_FLAG_DEV_DATA_STATE
+#define INIT    VFIO_MIG_FLAG_DEV_INIT_DATA_SENT
 
 typedef struct BadStream {
     const char *what;
     bool resuming;
+    bool ack;               /* switchover-ack on */
     uint64_t words[6];
     int n;
     size_t payload;         /* bytes after each DATA_STATE's length */
@@ -1071,15 +1073,15 @@ typedef struct BadStream {
 } BadStream;
 
 static const BadStream bad_streams[] = {
-    { "unknown-marker", true, { 0xffffffffef100099ULL, END }, 2, 0, 0 },
-    { "oversized-chunk", true, { DATA, VFIO_MIG_CHUNK_MAX + 1, END }, 3,
-      VFIO_MIG_CHUNK_MAX + 1, 0 },
-    { "truncated-chunk", true, { DATA, 8, DATA, 100 }, 4, 50, 8 },
-    { "missing-end", true, { DATA, 8 }, 2, 8, 8 },
-    { "empty-section", true, { 0 }, 0, 0, 0 },
-    { "init-data-sent-without-ack", true,
-      { VFIO_MIG_FLAG_DEV_INIT_DATA_SENT }, 1, 0, 0 },
-    { "data-when-not-resuming", false, { DATA, 8, END }, 3, 8, 0 },
+    { "unknown-marker", true, false, { 0xffffffffef100099ULL, END }, 2 },
+    { "oversized-chunk", true, false, { DATA, VFIO_MIG_CHUNK_MAX + 1, END },
+      3, VFIO_MIG_CHUNK_MAX + 1, 0 },
+    { "truncated-chunk", true, false, { DATA, 8, DATA, 100 }, 4, 50, 8 },
+    { "missing-end", true, false, { DATA, 8 }, 2, 8, 8 },
+    { "empty-section", true, false, { 0 }, 0 },
+    { "init-data-sent-without-ack", true, false, { INIT }, 1 },
+    { "init-data-sent-twice", true, true, { INIT, INIT }, 2 },
+    { "data-when-not-resuming", false, false, { DATA, 8, END }, 3, 8, 0 },
 };
 
 static void test_load_rejects(gconstpointer data)
@@ -1087,8 +1089,17 @@ static void test_load_rejects(gconstpointer data)
     const BadStream *bs = data;
     Pair *p = pair_new(&base_cfg, true);
 
-    g_assert_cmpint(load_crafted(p, bs->resuming, bs->words, bs->n,
-                                 bs->payload), <, 0);
+    stub_switchover_ack = bs->ack;
+    if (bs->ack) {
+        /* INIT_DATA_SENT ends its section: the first one is valid */
+        g_assert_cmpint(load_crafted(p, bs->resuming, bs->words, 1, 0),
+                        ==, 0);
+        g_assert_cmpint(load_bytes_words(p, bs->words + 1, bs->n - 1), <,
+                        0);
+    } else {
+        g_assert_cmpint(load_crafted(p, bs->resuming, bs->words, bs->n,
+                                     bs->payload), <, 0);
+    }
     assert_error_names("fake-dst");
     g_assert_cmpuint(p->ddev->received->len, <=, bs->valid_bytes);
     if (bs->resuming) {
