@@ -300,12 +300,6 @@ static Error *vfio_dev_unmigratable(VFIODevice *vbasedev, uint64_t flags)
             return err;
         }
     }
-    if (vbasedev->allow_precopy_set && vbasedev->allow_precopy &&
-        !(flags & VFIO_MIGRATION_PRE_COPY)) {
-        error_setg(&err, "%s: x-allow-pre-copy=on, but the device does not "
-                   "support pre-copy (VFIO_MIGRATION_PRE_COPY)",
-                   vbasedev->name);
-    }
     return err;
 }
 
@@ -362,6 +356,14 @@ int vfio_migration_probe(VFIODevice *vbasedev, Error **errp)
     }
     if (vfio_dev_probe_flags(vbasedev, &flags, &err)) {
         return vfio_dev_block_migration(vbasedev, err, errp);
+    }
+    /* Asked for by name, not defaulted: not having it is an error */
+    if (vbasedev->allow_precopy_set && vbasedev->allow_precopy &&
+        !(flags & VFIO_MIGRATION_PRE_COPY)) {
+        error_setg(errp, "%s: x-allow-pre-copy=on, but the device does not "
+                   "support pre-copy (VFIO_MIGRATION_PRE_COPY)",
+                   vbasedev->name);
+        return -EINVAL;
     }
     err = vfio_dev_unmigratable(vbasedev, flags);
     if (err) {
