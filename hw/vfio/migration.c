@@ -42,8 +42,6 @@
 #include "hw/vfio/vfio-migration.h"
 #include "trace.h"
 
-/* What the destination moves from the stream to the device at a time */
-#define LOAD_BUFFER_SIZE (64 * KiB)
 /* The smallest chunk buffer of a source, whatever the device's estimate */
 #define SAVE_BUFFER_MIN  (4 * KiB)
 
@@ -477,6 +475,28 @@ static int vfio_mig_save_iterate(QEMUFile *f, void *opaque)
     return !mig->precopy_init_size && !mig->precopy_dirty_size;
 }
 
+/*
+ * The VM's stop must have stopped the device, and a device that sent
+ * pre-copy data must still be in that session: a new STOP_COPY session
+ * would send the whole state again after the part already sent.
+ */
+static int vfio_mig_check_stopped(VFIOMigration *mig)
+{
+    if (vfio_mig_is_running(mig) || vfio_mig_is_precopy(mig)) {
+        error_report("%s: the device is still in %s at the switchover: the "
+                     "VM's stop did not stop it", mig->name,
+                     vfio_mig_state_name(mig->device_state));
+        return -EIO;
+    }
+    if (mig->bytes && mig->device_state != VFIO_DEVICE_STATE_STOP_COPY) {
+        error_report("%s: the device's pre-copy session ended before the "
+                     "switchover (the device is in %s)", mig->name,
+                     vfio_mig_state_name(mig->device_state));
+        return -EIO;
+    }
+    return 0;
+}
+
 static int vfio_mig_save_complete(QEMUFile *f, void *opaque)
 {
     VFIOMigration *mig = opaque;
@@ -486,6 +506,10 @@ static int vfio_mig_save_complete(QEMUFile *f, void *opaque)
     int ret;
 
     ret = vfio_mig_check_state(mig);
+    if (ret) {
+        return ret;
+    }
+    ret = vfio_mig_check_stopped(mig);
     if (ret) {
         return ret;
     }
@@ -565,7 +589,8 @@ static int vfio_mig_load_setup(QEMUFile *f, void *opaque)
                      mig->name);
         return -EINVAL;
     }
-    mig->buffer_size = LOAD_BUFFER_SIZE;
+    /* A whole chunk: one the stream cuts short never reaches the device */
+    mig->buffer_size = VFIO_MIG_CHUNK_MAX;
     mig->buffer = g_malloc(mig->buffer_size);
     mig->bytes = 0;
     mig->switchover_approved = false;
@@ -612,6 +637,7 @@ static int vfio_mig_write_all(VFIOMigration *mig, const uint8_t *buf,
 static int vfio_mig_load_chunk(QEMUFile *f, VFIOMigration *mig)
 {
     uint64_t size = qemu_get_be64(f);
+    int ret;
 
     if (qemu_file_get_error(f)) {
         return vfio_mig_truncated(mig, f);
@@ -630,21 +656,15 @@ static int vfio_mig_load_chunk(QEMUFile *f, VFIOMigration *mig)
         return -EINVAL;
     }
     trace_vfio_mig_load_chunk(mig->name, size);
-    while (size) {
-        size_t piece = MIN(size, mig->buffer_size);
-        int ret;
-
-        if (qemu_get_buffer(f, mig->buffer, piece) != piece ||
-            qemu_file_get_error(f)) {
-            return vfio_mig_truncated(mig, f);
-        }
-        ret = vfio_mig_write_all(mig, mig->buffer, piece);
-        if (ret) {
-            return ret;
-        }
-        mig->bytes += piece;
-        size -= piece;
+    if (qemu_get_buffer(f, mig->buffer, size) != size ||
+        qemu_file_get_error(f)) {
+        return vfio_mig_truncated(mig, f);
     }
+    ret = vfio_mig_write_all(mig, mig->buffer, size);
+    if (ret) {
+        return ret;
+    }
+    mig->bytes += size;
     return 0;
 }
 

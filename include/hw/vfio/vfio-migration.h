@@ -33,6 +33,9 @@
 #define HW_VFIO_VFIO_MIGRATION_H
 
 #include <linux/vfio.h>
+#include "qemu/notify.h"
+#include "qemu/queue.h"
+#include "qemu/units.h"
 #include "migration/register.h"
 #include "qapi/qapi-types-run-state.h"
 
