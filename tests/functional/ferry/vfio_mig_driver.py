@@ -300,12 +300,15 @@ def live_migration(run, name, seed, caps, props):
 
 @scenario('precopy_switchover_ack')
 def precopy_switchover_ack(run):
+    """The source streams mtty's initial data (its header) while it
+    runs, and switches over once the destination has acked it."""
     live_migration(run, 'precopy_switchover_ack', 2, ACK,
                    ('enable-migration=on', 'x-allow-pre-copy=on'))
 
 
 @scenario('no_precopy')
 def no_precopy(run):
+    """x-allow-pre-copy=off: all of the device's data at the switchover."""
     live_migration(run, 'no_precopy', 3, {},
                    ('enable-migration=on', 'x-allow-pre-copy=off'))
 
