@@ -42,8 +42,8 @@
 #include "hw/vfio/vfio-migration.h"
 #include "trace.h"
 
-/* The smallest chunk buffer of a source, whatever the device's estimate */
-#define SAVE_BUFFER_MIN  (4 * KiB)
+/* The smallest chunk buffer, whatever the device's estimate */
+#define BUFFER_MIN       (4 * KiB)
 
 static const char *const state_names[] = {
     [VFIO_DEVICE_STATE_ERROR] = "ERROR",
@@ -385,7 +385,7 @@ static int vfio_mig_save_setup(QEMUFile *f, void *opaque)
     Error *err = NULL;
 
     mig->buffer_size = MAX(MIN(stop_copy, VFIO_MIG_CHUNK_MAX),
-                           SAVE_BUFFER_MIN);
+                           BUFFER_MIN);
     mig->buffer = g_malloc(mig->buffer_size);
     mig->bytes = 0;
     mig->initial_data_sent = false;
@@ -589,8 +589,7 @@ static int vfio_mig_load_setup(QEMUFile *f, void *opaque)
                      mig->name);
         return -EINVAL;
     }
-    /* A whole chunk: one the stream cuts short never reaches the device */
-    mig->buffer_size = VFIO_MIG_CHUNK_MAX;
+    mig->buffer_size = BUFFER_MIN;
     mig->buffer = g_malloc(mig->buffer_size);
     mig->bytes = 0;
     mig->switchover_approved = false;
@@ -634,6 +633,20 @@ static int vfio_mig_write_all(VFIOMigration *mig, const uint8_t *buf,
     return 0;
 }
 
+/*
+ * Room for a whole chunk, so that one the stream cuts short never reaches
+ * the device: the buffer grows to the largest chunk seen, in doublings.
+ */
+static void vfio_mig_reserve(VFIOMigration *mig, size_t size)
+{
+    if (size > mig->buffer_size) {
+        g_free(mig->buffer);
+        mig->buffer_size = MIN(MAX(size, mig->buffer_size * 2),
+                               VFIO_MIG_CHUNK_MAX);
+        mig->buffer = g_malloc(mig->buffer_size);
+    }
+}
+
 static int vfio_mig_load_chunk(QEMUFile *f, VFIOMigration *mig)
 {
     uint64_t size = qemu_get_be64(f);
@@ -656,6 +669,7 @@ static int vfio_mig_load_chunk(QEMUFile *f, VFIOMigration *mig)
         return -EINVAL;
     }
     trace_vfio_mig_load_chunk(mig->name, size);
+    vfio_mig_reserve(mig, size);
     if (qemu_get_buffer(f, mig->buffer, size) != size ||
         qemu_file_get_error(f)) {
         return vfio_mig_truncated(mig, f);

@@ -1,6 +1,7 @@
 """Ferry's libFuzzer targets (tests/fuzz) build and survive a short run.
 
-Each target is built with clang, ASan and UBSan, seeded with valid and
+Each target (the page decoder of migration compression, the VFIO device
+stream's loader) is built with clang, ASan and UBSan, seeded with valid and
 nearly valid inputs, and run for a fixed number of executions: any crash,
 sanitizer report or failed assertion fails the test.  Longer campaigns
 are run by hand (tests/fuzz/build prints how).
@@ -33,18 +34,53 @@ def seeds():
     }
 
 
-@pytest.mark.skipif(not shutil.which('clang'), reason='clang is not installed')
-def test_ram_decompress_fuzz(tmp_path):
+# The VFIO device stream (docs/devel/vfio-migration.rst): be64 markers
+END, CONFIG, SETUP, DATA, INIT = (0xffffffffef100000 + i for i in range(1, 6))
+
+
+def be64(*values):
+    return b''.join(v.to_bytes(8, 'big') for v in values)
+
+
+def vfio_seeds():
+    """Sections of one device's stream, after a byte that says whether
+    switchover-ack is on; the fake device's state starts 'FAKEVFIO'."""
+    state = b'FAKEVFIO' + bytes(range(40))
+    data = be64(DATA, len(state)) + state
+    return {
+        'setup': b'\1' + be64(SETUP, END),
+        'precopy-ack': b'\1' + be64(SETUP, END) + data + be64(INIT),
+        'full': b'\0' + be64(SETUP, END) + data + be64(END)
+                + be64(CONFIG) + bytes(10) + be64(END),
+        'oversized': b'\0' + be64(DATA, 2 << 20),
+        'unknown': b'\0' + be64(0xffffffffef1000ff),
+    }
+
+
+def build_and_run(tmp_path, name, seeds, max_len, runs=RUNS):
+    """Build the targets, seed NAME with SEEDS, run it RUNS times."""
     out = subprocess.run([os.path.join(TOP, 'tests', 'fuzz', 'build'),
                           str(tmp_path / 'bin')], check=True,
                          capture_output=True, text=True).stdout.split()
-    target = next(p for p in out if p.endswith('ram-decompress-fuzz'))
+    target = next(p for p in out if p.endswith(name))
     corpus = tmp_path / 'corpus'
     corpus.mkdir()
-    for name, data in seeds().items():
-        (corpus / name).write_bytes(data)
-    run = subprocess.run([target, '-runs=%d' % RUNS, '-seed=1',
-                          '-max_len=%d' % (PAGE + 64), str(corpus)],
+    for seed, data in seeds.items():
+        (corpus / seed).write_bytes(data)
+    run = subprocess.run([target, '-runs=%d' % runs, '-seed=1',
+                          '-max_len=%d' % max_len, str(corpus)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert 'Done %d runs' % RUNS in run.stderr, run.stderr[-3000:]
+    assert 'Done %d runs' % runs in run.stderr, run.stderr[-3000:]
+
+
+@pytest.mark.skipif(not shutil.which('clang'), reason='clang is not installed')
+def test_ram_decompress_fuzz(tmp_path):
+    build_and_run(tmp_path, 'ram-decompress-fuzz', seeds(), PAGE + 64)
+
+
+@pytest.mark.skipif(not shutil.which('clang'), reason='clang is not installed')
+def test_vfio_load_fuzz(tmp_path):
+    # Each run sets a device up and tears it down: fewer runs, same time
+    build_and_run(tmp_path, 'vfio-load-fuzz', vfio_seeds(), 64 * 1024,
+                  runs=300000)
