@@ -32,9 +32,9 @@ import unittest
 from ferry import env
 from ferry.linux import script_output
 from ferry.mtty import (DATA_SIZE as MTTY_DATA_SIZE, HEADER_SIZE, MTTY_ID,
-                        PCI_COMMAND_IO, PORT_BASES)
+                        PCI_COMMAND_IO, port_bases)
 from ferry.vfio_guest import needs_guest, run_script
-from ferry.vfio_mig_driver import END, PREFIX
+from ferry.vfio_mig_driver import ACKED, END, PREFIX
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # The whole class: boot, fifteen inner QEMUs, power off.  Issue 16 allows
@@ -53,8 +53,7 @@ ACK_NEEDS_RP = "Capability 'switchover-ack' requires capability 'return-path'"
 # Switchover-ack in the traces: the source says its device's initial data
 # is all sent, the destination's device and loader approve, the source
 # gets the ack.
-ACK_EVENTS = {'src': ('vfio_mig_init_data_sent',
-                      'source_return_path_thread_switchover_acked'),
+ACK_EVENTS = {'src': ('vfio_mig_init_data_sent', ACKED),
               'dst': ('vfio_mig_approve_switchover',
                       'loadvm_approve_switchover')}
 
@@ -105,24 +104,29 @@ class VfioMigration(unittest.TestCase):
         """The trace summary of the scenario's source or destination."""
         vm = [v for name, v in facts['vms'].items() if name.endswith(role)]
         return (vm[0]['trace'] if vm else None) or {
-            'events': {}, 'states': [], 'precopy': [], 'sequence': []}
+            'events': {}, 'states': [], 'precopy': [], 'sequence': [],
+            'milestones': []}
 
     def assertMigrated(self, facts):
-        """A completed live migration: the destination runs and reads back
-        exactly the UART state written on the source, with its BARs where
-        the source had them (the config space came along)."""
+        """A completed live migration: the destination runs and each of
+        its devices reads back exactly the UART state written on its
+        source counterpart, with its BARs where the source had them (the
+        config space came along)."""
         self.assertEqual(facts['status'], 'completed', '%s\n%s'
                          % (facts.get('error_desc'), self.logs(facts)))
         self.assertEqual(facts['src_status'], 'postmigrate')
         self.assertEqual(facts['dst_status'], 'running')
-        self.assertEqual(facts['got'], facts['want'], 'UART state differs')
-        self.assertEqual(facts['config']['bars'],
-                         [base | 1 for base in PORT_BASES])
-        self.assertTrue(facts['config']['command'] & PCI_COMMAND_IO)
-        # All of mtty's data, once: it dirties none.
+        self.assertEqual(len(facts['got']), len(facts['want']))
+        for n, (got, want) in enumerate(zip(facts['got'], facts['want'])):
+            self.assertEqual(got, want, 'UART state of device %d differs' % n)
+        for n, config in enumerate(facts['config']):
+            self.assertEqual(config['bars'],
+                             [base | 1 for base in port_bases(n)])
+            self.assertTrue(config['command'] & PCI_COMMAND_IO)
+        # All of each mtty's data, once: it dirties none.
         self.assertEqual((facts['vfio'] or {}).get('transferred'),
-                         MTTY_DATA_SIZE, 'query-migrate does not count the '
-                         'VFIO bytes: %s' % facts['vfio'])
+                         MTTY_DATA_SIZE * len(facts['want']), 'query-migrate '
+                         'does not count the VFIO bytes: %s' % facts['vfio'])
 
     def assertSourceUsable(self, facts):
         """After a migration that did not happen, the source runs on and
