@@ -57,6 +57,18 @@ PRECOPY_PROPS = ('enable-migration=on', 'x-allow-pre-copy=on')
 # Enough RAM to fill that a migration capped at SLOW_LINK takes seconds.
 RAM_FILL = (0x100000, 16 << 20)
 SLOW_LINK = 2 << 20
+# Busy RAM: a source with BUSY_MEM whose DIRTY range the driver rewrites
+# (qtest memset, a new byte each time, DIRTY_PERIOD seconds apart) while
+# it migrates over BUSY_LINK, far faster than the link moves it, so that
+# RAM is not finished (but in the round that ends one of its passes,
+# 8 s or more apart); it goes on for AFTER_ACK rewrites once the source
+# has the ack, at most BUSY_SECONDS.
+BUSY_MEM = '128M'
+DIRTY = (0x100000, 64 << 20)
+DIRTY_PERIOD = 0.05
+BUSY_LINK = 8 << 20
+AFTER_ACK = 3
+BUSY_SECONDS = 30
 ACKED = 'source_return_path_thread_switchover_acked'
 TRACE_EVENTS = ('vfio_*', 'loadvm_approve_switchover',
                 'loadvm_switchover_ack_needed', 'migrate_send_rp_message',
@@ -350,6 +362,50 @@ def precopy_switchover_ack(run):
     """The source streams mtty's initial data (its header) while it
     runs, and switches over once the destination has acked it."""
     live_migration(run, 'precopy_switchover_ack', 2, ACK, PRECOPY_PROPS)
+
+
+def rewrite(vm, value):
+    """Dirty the DIRTY range of VM with byte VALUE; the seconds it took."""
+    started = time.monotonic()
+    reply = vm.qtest('memset 0x%x 0x%x 0x%x' % (*DIRTY, value)).strip()
+    if reply != 'OK':
+        raise RuntimeError('qtest memset: %r' % reply)
+    return round(time.monotonic() - started, 3)
+
+
+@scenario('busy_ram')
+def busy_ram(run):
+    """RAM that the guest keeps dirtying is not finished; every handler
+    still gets its turn in each round, so the device's initial data goes
+    and the destination acks while RAM has a large backlog.  Rewrite
+    DIRTY all along a pre-copy migration with switchover-ack over
+    BUSY_LINK, sampling query-migrate (and whether the source's trace
+    has the ack yet) after each rewrite, until AFTER_ACK samples after
+    the ack; then stop, raise the link: the migration completes."""
+    src, want = run.source('busy', 8, PRECOPY_PROPS, mem=BUSY_MEM,
+                           trace=('savevm_section_end',))
+    dst = run.destination('busy', PRECOPY_PROPS, ACK, mem=BUSY_MEM)
+    set_params(src, max_bandwidth=BUSY_LINK)
+    downtime = src.command('query-migrate-parameters')['downtime-limit']
+    rewrites = [rewrite(src, 1)]
+    start_migration(src, dst, ACK)
+    started, samples = time.monotonic(), []
+    while sum(s['acked'] for s in samples) < AFTER_ACK and \
+            time.monotonic() - started < BUSY_SECONDS:
+        time.sleep(DIRTY_PERIOD)
+        rewrites.append(rewrite(src, len(rewrites) % 255 + 1))
+        with open(src.trace_path, errors='replace') as f:
+            acked = ACKED in f.read()
+        info = src.command('query-migrate')
+        samples.append({'seconds': round(time.monotonic() - started, 2),
+                        'acked': acked, 'status': info['status'],
+                        'ram': info.get('ram', {}).get('remaining'),
+                        'vfio': info.get('vfio', {}).get('transferred')})
+    stopped = src.command('query-migrate')['status']
+    set_params(src, max_bandwidth=FAST_LINK)
+    run.report('busy_ram', want=want, samples=samples, rewrites=rewrites,
+               stopped=stopped, link=BUSY_LINK, downtime_limit=downtime,
+               dirty=DIRTY[1], **outcome(src, dst))
 
 
 @scenario('no_precopy')
