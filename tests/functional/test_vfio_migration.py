@@ -19,6 +19,10 @@ qtest.  What it proves, one method per behaviour:
   has a backlog of over 100 MiB (the base's core ended each round at
   unfinished RAM: the device waited for the end of RAM's pass); the
   migration completes once the rewriting stops;
+- with two mttys on each side the destination acks only once both have
+  loaded their initial data, both take the P2P step before either
+  stops (and before either runs on the destination), and each device's
+  own state arrives;
 - a cancelled migration and one whose destination is killed leave the
   source running with its device holding its state and taking a new one;
 - a saved stream loads, and the same stream with mtty's magic flipped or
@@ -45,9 +49,10 @@ from ferry.vfio_guest import needs_guest, run_script
 from ferry.vfio_mig_driver import ACKED, END, PREFIX
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-# The whole class: boot, seventeen inner QEMUs, power off.  Issue 16
-# allows the test six minutes of make check; it takes 35-95 s on a busy
-# 2-core host.  The guest is killed after TIMEOUT.
+# The whole class: boot, nineteen inner QEMUs, power off.  Issue 16
+# allows the test six minutes of make check; it takes 50-60 s on a
+# lightly loaded 2-core host, 60-110 s beside one or two CPU-bound
+# processes.  The guest is killed after TIMEOUT.
 BUDGET = 240
 TIMEOUT = 330
 SCRIPT = r'''
@@ -64,10 +69,17 @@ ACK_NEEDS_RP = "Capability 'switchover-ack' requires capability 'return-path'"
 ACK_EVENTS = {'src': ('vfio_mig_init_data_sent', ACKED),
               'dst': ('vfio_mig_approve_switchover',
                       'loadvm_approve_switchover')}
-# A handler's turn in an iteration round ending, in the trace's
-# milestones (see the driver's MILESTONES): "ram, section_id 2 -> 0" is
-# RAM not finished.
+# The arguments of the trace milestones the checks parse (see the
+# driver's MILESTONES): a handler's turn in an iteration round ending
+# (RAM's "ram, section_id 2 -> 0": not finished), a device state change,
+# the device a vfio_* event names, the count of a loadvm_* event, and a
+# message on the return path (MIG_RP_MSG_SWITCHOVER_ACK is 7).
 SECTION_END = re.compile(r'(\S+), section_id \d+ -> (-?\d+)$')
+SET_STATE = re.compile(r'\((\S+)\) (\w+) -> (\w+)')
+DEVICE = re.compile(r'\((\S+)\)')
+COUNT = re.compile(r'(\d+)$')
+RP_SWITCHOVER_ACK = 7
+RP_MESSAGE = re.compile(r'(\d+):')
 
 
 def folded(turns):
@@ -153,6 +165,27 @@ class VfioMigration(unittest.TestCase):
         self.assertEqual((facts['vfio'] or {}).get('transferred'),
                          MTTY_DATA_SIZE * len(facts['want']), 'query-migrate '
                          'does not count the VFIO bytes: %s' % facts['vfio'])
+
+    def assertP2PFirst(self, trace, devices, p2p, then):
+        """Every one of DEVICES entered state P2P before any entered
+        THEN (their first times), in the trace's state changes."""
+        changes = [SET_STATE.match(args).groups()
+                   for name, args in trace['milestones']
+                   if name == 'vfio_mig_set_state']
+
+        def first(state):
+            """{device: where it first entered STATE}"""
+            found = {}
+            for n, (device, _, to) in enumerate(changes):
+                if to == state:
+                    found.setdefault(device, n)
+            return found
+        entered, after = first(p2p), first(then)
+        self.assertEqual(sorted(entered), sorted(devices), changes)
+        self.assertEqual(sorted(after), sorted(devices), changes)
+        self.assertLess(max(entered.values()), min(after.values()),
+                        'a device entered %s before every device was in %s:'
+                        ' %s' % (then, p2p, changes))
 
     def assertSourceUsable(self, facts):
         """After a migration that did not happen, the source runs on and
@@ -259,6 +292,41 @@ class VfioMigration(unittest.TestCase):
         self.assertEqual(facts['stopped'], 'active', 'the migration did not '
                          'wait for RAM while it was rewritten')
         self.assertMigrated(facts)
+
+    def test_switchover_ack_waits_for_every_device(self):
+        """Two mttys a side: the destination counts both as needing to
+        approve, acks only after both have loaded their initial data,
+        and each device's own state arrives.  The P2P step: both devices
+        quiesce before either stops on the source, and before either
+        runs on the destination."""
+        facts = self.result('two_devices')
+        self.assertGreaterEqual(facts['available'], 2, 'mtty has no room '
+                                'for two more mtty-2 mdevs')
+        self.assertNotEqual(facts['want'][0], facts['want'][1])
+        self.assertMigrated(facts)
+        dst = self.trace(facts, 'dst')['milestones']
+
+        def counts(event):
+            return [int(COUNT.search(args).group(1))
+                    for name, args in dst if name == event]
+        self.assertEqual(counts('loadvm_switchover_ack_needed'), [2], dst)
+        self.assertEqual(counts('loadvm_approve_switchover'), [1, 0], dst)
+        acks = [n for n, (name, args) in enumerate(dst)
+                if name == 'migrate_send_rp_message' and
+                int(RP_MESSAGE.match(args).group(1)) == RP_SWITCHOVER_ACK]
+        self.assertEqual(len(acks), 1, dst)
+        approved = {DEVICE.match(args).group(1): n
+                    for n, (name, args) in enumerate(dst)
+                    if name == 'vfio_mig_approve_switchover'}
+        self.assertEqual(sorted(approved), sorted(facts['dst_uuids']), dst)
+        self.assertLess(max(approved.values()), acks[0], 'the destination '
+                        'acked before every device had approved: %s' % dst)
+        src = self.trace(facts, 'src')
+        self.assertEqual(src['events'].get(ACKED), 1, src['sequence'])
+        self.assertP2PFirst(src, facts['src_uuids'], 'PRE_COPY_P2P',
+                            'STOP_COPY')
+        self.assertP2PFirst(self.trace(facts, 'dst'), facts['dst_uuids'],
+                            'RUNNING_P2P', 'RUNNING')
 
     def test_without_precopy_moves_uart_state(self):
         facts = self.result('no_precopy')

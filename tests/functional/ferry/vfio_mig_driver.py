@@ -364,6 +364,19 @@ def precopy_switchover_ack(run):
     live_migration(run, 'precopy_switchover_ack', 2, ACK, PRECOPY_PROPS)
 
 
+@scenario('two_devices')
+def two_devices(run):
+    """Two mttys on each side, pre-copy with switchover-ack: the
+    destination acks once both have loaded their initial data, both
+    devices take the P2P step before either stops, and each one's state
+    (a different one) arrives."""
+    with open(os.path.join(MTTY_TYPE, 'available_instances')) as f:
+        available = int(f.read())
+    live_migration(run, 'two_devices', 10, ACK, PRECOPY_PROPS, devices=2,
+                   available=available, src_uuids=run.src_uuids,
+                   dst_uuids=run.dst_uuids)
+
+
 def rewrite(vm, value):
     """Dirty the DIRTY range of VM with byte VALUE; the seconds it took."""
     started = time.monotonic()
