@@ -33,7 +33,8 @@ PCI_VENDOR_ID, PCI_COMMAND, PCI_BASE_ADDRESS_0 = 0x00, 0x04, 0x10
 PCI_COMMAND_IO = 0x1
 # vendor 0x4348, device 0x3253 (mtty_create_config_space())
 MTTY_ID = 0x32534348
-# Where the test puts the ports' I/O BARs (free on a pc machine).
+# Where the test puts the ports' I/O BARs (free on a pc machine); a
+# second mtty in the same QEMU gets its own (port_bases()).
 PORT_BASES = (0xc000, 0xc100)
 
 RBR = THR = DLL = 0
@@ -53,12 +54,18 @@ HEADER_SIZE = 24
 DATA_SIZE = HEADER_SIZE + 36 * len(PORT_BASES)
 
 
+def port_bases(index):
+    """Where the test puts the ports' BARs of the INDEXth mtty of a QEMU
+    (0 for the first: PORT_BASES)."""
+    return tuple(base + 0x200 * index for base in PORT_BASES)
+
+
 class Mtty:
     """An mtty mdev behind a QEMUQtestMachine's vfio-pci device at PCI
-    slot SLOT of bus 0."""
+    slot SLOT of bus 0, its ports' BARs to be placed at BASES."""
 
-    def __init__(self, vm, slot):
-        self.vm, self.slot = vm, slot
+    def __init__(self, vm, slot, bases=PORT_BASES):
+        self.vm, self.slot, self.bases = vm, slot, bases
 
     def _qtest(self, cmd):
         reply = self.vm.qtest(cmd).strip()
@@ -91,12 +98,12 @@ class Mtty:
         return {'id': self.config_read(PCI_VENDOR_ID),
                 'command': self.config_read(PCI_COMMAND) & 0xffff,
                 'bars': [self.config_read(PCI_BASE_ADDRESS_0 + 4 * i)
-                         for i in range(len(PORT_BASES))]}
+                         for i in range(len(self.bases))]}
 
     def map_ports(self):
-        """Place the ports' BARs at PORT_BASES and enable I/O decoding,
+        """Place the ports' BARs at their bases and enable I/O decoding,
         as firmware would."""
-        for i, base in enumerate(PORT_BASES):
+        for i, base in enumerate(self.bases):
             self.config_write(PCI_BASE_ADDRESS_0 + 4 * i, base)
         command = self.config_read(PCI_COMMAND) & 0xffff
         self.config_write(PCI_COMMAND, command | PCI_COMMAND_IO)
@@ -141,11 +148,11 @@ class Mtty:
         return state
 
     def write_state(self, states):
-        for base, state in zip(PORT_BASES, states):
+        for base, state in zip(self.bases, states):
             self.write_port(base, state)
 
     def read_state(self):
-        return [self.read_port(base) for base in PORT_BASES]
+        return [self.read_port(base) for base in self.bases]
 
 
 def uart_state(seed, port):

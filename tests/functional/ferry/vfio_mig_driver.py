@@ -6,12 +6,13 @@ the host's root at /host) and runs this there, in the chroot:
     python3 -m ferry.vfio_mig_driver QEMU [SCENARIO...]
 
 Each scenario starts inner QEMUs (QEMU, -accel qtest, no firmware, one
-mtty mdev each as vfio-pci with migration enabled), writes UART state on
-the source through qtest (ferry.mtty), migrates, and reads the state
-back wherever it should be.  The source always has the first mdev, a
-destination the second; an mdev is re-created before each inner QEMU
-that opens it, so a destination reads all zeros unless the migration
-brought the state.
+mtty mdev each as vfio-pci with migration enabled, or two), writes UART
+state on the source through qtest (ferry.mtty), migrates, and reads the
+state back wherever it should be.  The source always has the first mdev
+init-vfio made, a destination the second (and with two devices each,
+the source and the destination a second mdev the driver creates); an
+mdev is re-created before each inner QEMU that opens it, so a
+destination reads all zeros unless the migration brought the state.
 
 One line per check on stdout (the guest's console):
 
@@ -35,7 +36,7 @@ from ferry import wait
 from ferry.machine import wait_migration
 from ferry.migrate import FAST_LINK, set_caps, set_params
 from ferry.mtty import (MAGIC, PORT_BASES, Mtty, device_state, expected_read,
-                        mismatches)
+                        mismatches, port_bases)
 from qemu.machine.qtest import QEMUQtestMachine
 
 PREFIX = 'FERRY-VFIO-RESULT '
@@ -43,14 +44,35 @@ END = 'FERRY-VFIO-DRIVER-END'
 # Writable in the chroot (tests/guests/init-vfio).
 RUN = '/run'
 MDEVS = '/sys/bus/mdev/devices'
+# The type of init-vfio's mdevs (ferry.vfio_guest.MDEV_TYPE), and of the
+# two the driver creates for the scenarios with two devices a side: the
+# source's second device, the destination's.
+MTTY_TYPE = '/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2'
+SECOND_MDEVS = ('83b8f4f2-509f-382f-3c1e-e6bfe0fa2001',
+                '83b8f4f2-509f-382f-3c1e-e6bfe0fa2002')
+# The PCI slot of an inner QEMU's first mtty; the second is in the next.
 SLOT = 4
 ACK = {'return-path': True, 'switchover-ack': True}
+PRECOPY_PROPS = ('enable-migration=on', 'x-allow-pre-copy=on')
 # Enough RAM to fill that a migration capped at SLOW_LINK takes seconds.
 RAM_FILL = (0x100000, 16 << 20)
 SLOW_LINK = 2 << 20
+# Busy RAM: a source with BUSY_MEM whose DIRTY range the driver rewrites
+# (qtest memset, a new byte each time, DIRTY_PERIOD seconds apart) while
+# it migrates over BUSY_LINK, far faster than the link moves it, so that
+# RAM is not finished (but in the round that ends one of its passes,
+# 8 s or more apart); it goes on for AFTER_ACK rewrites once the source
+# has the ack, at most BUSY_SECONDS.
+BUSY_MEM = '128M'
+DIRTY = (0x100000, 64 << 20)
+DIRTY_PERIOD = 0.05
+BUSY_LINK = 8 << 20
+AFTER_ACK = 3
+BUSY_SECONDS = 30
+ACKED = 'source_return_path_thread_switchover_acked'
 TRACE_EVENTS = ('vfio_*', 'loadvm_approve_switchover',
-                'loadvm_switchover_ack_needed',
-                'source_return_path_thread_switchover_acked')
+                'loadvm_switchover_ack_needed', 'migrate_send_rp_message',
+                ACKED)
 # Trace events of every register access: counted, not listed.
 NOISY = ('vfio_region_read', 'vfio_region_write', 'vfio_pci_read_config',
          'vfio_pci_write_config')
@@ -59,6 +81,16 @@ NOISY = ('vfio_region_read', 'vfio_region_write', 'vfio_pci_read_config',
 STATE_EVENTS = ('vfio_mig_set_state', 'vfio_mig_reset')
 STATES = ('ERROR', 'STOP_COPY', 'STOP', 'RUNNING_P2P', 'RUNNING',
           'RESUMING', 'PRE_COPY_P2P', 'PRE_COPY')
+# The events whose order, and arguments, the checks look at ("milestones"
+# of the summary): the device state changes, switchover-ack on both
+# sides (migrate_send_rp_message "7: ..." is the ack leaving the
+# destination), and the end of each handler's turn in an iteration round
+# (savevm_section_end "ram, section_id 2 -> 0": RAM not finished), which
+# a scenario traces only if it asks for it.
+MILESTONES = ('vfio_mig_set_state', 'vfio_mig_init_data_sent',
+              'vfio_mig_approve_switchover', 'loadvm_switchover_ack_needed',
+              'loadvm_approve_switchover', 'migrate_send_rp_message',
+              ACKED, 'savevm_section_end')
 LOG_TAIL = 1500
 # The log trace backend's prefix with -msg timestamp=on.
 TIMESTAMP = re.compile(r'^\d+@[\d.]+:')
@@ -66,49 +98,55 @@ PRECOPY = re.compile(r'initial (\d+) dirty (\d+)')
 
 
 class Inner(QEMUQtestMachine):
-    """An inner QEMU: -accel qtest, a pc machine with 32 MiB and no
-    firmware run, and the mdev UUID as vfio-pci "mtty0" at SLOT with
-    migration enabled (PROPS adds device properties); every vfio_* and
-    switchover-ack trace event goes to trace_path."""
+    """An inner QEMU: -accel qtest, a pc machine with MEM of RAM and no
+    firmware run, and each mdev of UUIDS as vfio-pci "mttyN" at SLOT + N
+    with migration enabled (PROPS adds device properties; mttys[N]
+    reaches it); every vfio_* and switchover-ack trace event, and those
+    of TRACE, goes to trace_path."""
 
-    def __init__(self, qemu, name, uuid, props=(), extra=()):
+    def __init__(self, qemu, name, uuids, props=(), extra=(), mem='32M',
+                 trace=()):
         super().__init__(qemu, name=name, base_temp_dir=RUN, sock_dir=RUN)
-        self.uuid = uuid
+        self.uuids, self.mem = uuids, mem
         self.trace_path = os.path.join(RUN, name + '.trace')
-        device = ['vfio-pci', 'sysfsdev=%s/%s' % (MDEVS, uuid), 'id=mtty0',
-                  'addr=%d' % SLOT, *props]
-        self.add_args('-machine', 'pc', '-m', '32M', '-nodefaults',
-                      '-device', ','.join(device), *extra)
-        for event in TRACE_EVENTS:
+        self.add_args('-machine', 'pc', '-m', mem, '-nodefaults', *extra)
+        self.mttys = []
+        for i, uuid in enumerate(uuids):
+            device = ['vfio-pci', 'sysfsdev=%s/%s' % (MDEVS, uuid),
+                      'id=mtty%d' % i, 'addr=%d' % (SLOT + i), *props]
+            self.add_args('-device', ','.join(device))
+            self.mttys.append(Mtty(self, SLOT + i, port_bases(i)))
+        for event in TRACE_EVENTS + tuple(trace):
             self.add_args('-trace', event)
         self.add_args('-D', self.trace_path)
-        self.mtty = Mtty(self, SLOT)
+        self.mtty = self.mttys[0]
 
     def status(self):
         return self.command('query-status')['status']
 
 
 def recycle(uuid):
-    """Remove the mdev UUID and create it again: a fresh device, every
-    register 0 and its migration state RUNNING (mtty keeps both in the
-    kernel across the QEMUs that open it, and its close_device resets
-    neither)."""
+    """Remove the mdev UUID if it exists and create it (again) as an
+    mtty-2: a fresh device, every register 0 and its migration state
+    RUNNING (mtty keeps both in the kernel across the QEMUs that open
+    it, and its close_device resets neither)."""
     dev = os.path.join(MDEVS, uuid)
-    parent = os.path.dirname(os.path.realpath(os.path.join(dev, 'mdev_type')))
-    mtype = os.path.basename(os.path.realpath(os.path.join(dev, 'mdev_type')))
-    with open(os.path.join(dev, 'remove'), 'w') as f:
-        f.write('1')
-    with open(os.path.join(parent, mtype, 'create'), 'w') as f:
+    if os.path.exists(dev):
+        with open(os.path.join(dev, 'remove'), 'w') as f:
+            f.write('1')
+    with open(os.path.join(MTTY_TYPE, 'create'), 'w') as f:
         f.write(uuid)
 
 
 def trace_summary(path):
     """What an inner QEMU's trace says: how often each event fired; in
     order (repeats folded) the device states the STATE_EVENTS name, and
-    the events other than register
-    accesses; the [initial, dirty] pre-copy sizes of the events about
-    pre-copy; the last lines of those events."""
+    the events other than register accesses; the [initial, dirty]
+    pre-copy sizes of the events about pre-copy; in order, the
+    [event, arguments] of the MILESTONES; the last lines of the events
+    other than register accesses."""
     events, states, lines, precopy, sequence = {}, [], [], [], []
+    milestones = []
     try:
         with open(path, errors='replace') as f:
             text = f.read()
@@ -125,6 +163,8 @@ def trace_summary(path):
         lines.append(line)
         if sequence[-1:] != [name]:
             sequence.append(name)
+        if name in MILESTONES:
+            milestones.append([name, ' '.join(words[1:])])
         if 'precopy' in name:
             precopy += [[int(n) for n in m] for m in PRECOPY.findall(line)]
         if name in STATE_EVENTS:
@@ -132,44 +172,54 @@ def trace_summary(path):
                 if word in STATES and (not states or states[-1] != word):
                     states.append(word)
     return {'events': events, 'states': states, 'precopy': precopy,
-            'sequence': sequence, 'lines': lines[-60:]}
+            'sequence': sequence, 'milestones': milestones,
+            'lines': lines[-60:]}
 
 
 class Run:
     """The scenarios' shared state: the QEMU binary, the source and
-    destination mdevs, and the inner QEMUs the current scenario started
-    (shut down, and described, when it ends)."""
+    destination mdevs (src_uuids[N], dst_uuids[N]: their Nth device),
+    and the inner QEMUs the current scenario started (shut down, and
+    described, when it ends)."""
 
     def __init__(self, qemu):
         self.qemu = qemu
         self.src_uuid, self.dst_uuid = sorted(os.listdir(MDEVS))[:2]
+        self.src_uuids = (self.src_uuid, SECOND_MDEVS[0])
+        self.dst_uuids = (self.dst_uuid, SECOND_MDEVS[1])
         self.vms, self.lines = [], []
 
-    def start(self, name, uuid, props=(), extra=()):
-        """An inner QEMU on a fresh mdev UUID (see recycle()), once the
-        scenario's QEMUs that had it are gone."""
-        holders = [vm for vm in self.vms if vm.uuid == uuid]
+    def start(self, name, uuids, props=(), extra=(), **kw):
+        """An inner QEMU (Inner(), KW as there) on fresh mdevs UUIDS (see
+        recycle()), once the scenario's QEMUs that had them are gone."""
+        holders = [vm for vm in self.vms if set(vm.uuids) & set(uuids)]
         wait.until(lambda: not any(vm.is_running() for vm in holders), 20,
-                   '%s still open by a QEMU' % uuid)
-        recycle(uuid)
-        vm = Inner(self.qemu, name, uuid, props, extra)
+                   '%s still open by a QEMU' % ' '.join(uuids))
+        for uuid in uuids:
+            recycle(uuid)
+        vm = Inner(self.qemu, name, uuids, props, extra, **kw)
         self.vms.append(vm)
         vm.launch()
         return vm
 
-    def source(self, name, seed, props=('enable-migration=on',)):
-        """An inner QEMU on the source mdev with the UART state of SEED
-        written; (vm, what read_state() must return)."""
-        vm = self.start(name + '-src', self.src_uuid, props)
-        vm.mtty.map_ports()
-        vm.mtty.write_state(device_state(seed))
-        return vm, expected_read(seed)
+    def source(self, name, seed, props=('enable-migration=on',), devices=1,
+               **kw):
+        """An inner QEMU (KW as Inner()'s) on the source's mdevs, DEVICES
+        of them, the Nth with the UART state of SEED + N written;
+        (vm, [what read_state() must return, for each device])."""
+        vm = self.start(name + '-src', self.src_uuids[:devices], props, **kw)
+        for n, mtty in enumerate(vm.mttys):
+            mtty.map_ports()
+            mtty.write_state(device_state(seed + n))
+        return vm, [expected_read(seed + n) for n in range(devices)]
 
-    def destination(self, name, props=('enable-migration=on',), caps=None):
-        """An inner QEMU on the destination mdev, waiting (-incoming
-        defer) with capabilities CAPS set."""
-        vm = self.start(name + '-dst', self.dst_uuid, props,
-                        ('-incoming', 'defer'))
+    def destination(self, name, props=('enable-migration=on',), caps=None,
+                    devices=1, **kw):
+        """An inner QEMU (KW as Inner()'s) on the destination's mdevs,
+        DEVICES of them, waiting (-incoming defer) with capabilities CAPS
+        set."""
+        vm = self.start(name + '-dst', self.dst_uuids[:devices], props,
+                        ('-incoming', 'defer'), **kw)
         if caps:
             set_caps(vm, **caps)
         return vm
@@ -203,23 +253,12 @@ class Run:
         self.vms, self.lines = [], []
 
     def migrate(self, src, name, caps, props=('enable-migration=on',)):
-        """Migrate SRC to a new destination over a UNIX socket, with CAPS
-        on both sides; what the checks look at once it ended: the
-        source's query-migrate, and if it completed the destination's
-        run state, config space and UART state."""
-        dst = self.destination(name, props, caps)
+        """Migrate SRC to a new destination (as many devices, as much
+        RAM) over a UNIX socket, with CAPS on both sides; outcome()."""
+        dst = self.destination(name, props, caps, devices=len(src.mttys),
+                               mem=src.mem)
         start_migration(src, dst, caps)
-        info = wait_migration(src, timeout=90)
-        facts = {'status': info['status'], 'vfio': info.get('vfio'),
-                 'error_desc': info.get('error-desc'),
-                 'ram': info.get('ram', {}).get('transferred'),
-                 'src_status': src.status()}
-        if info['status'] == 'completed':
-            wait.until(lambda: dst.status() != 'inmigrate', 30,
-                       'destination still loading')
-            facts.update(dst_status=dst.status(), config=dst.mtty.config(),
-                         got=dst.mtty.read_state())
-        return facts
+        return outcome(src, dst)
 
     @staticmethod
     def usable(vm, want, seed):
@@ -253,7 +292,7 @@ def registers(run):
     both ports' state written and read back), and the migration
     properties: x-enable-migration (the alias) is accepted and sets
     enable-migration; x-allow-pre-copy defaults to on."""
-    vm, want = run.source('regs', 1, ('x-enable-migration=on',))
+    vm, (want,) = run.source('regs', 1, ('x-enable-migration=on',))
     before = vm.mtty.config()
     peek = [vm.mtty.peek_port(base) for base in PORT_BASES]
     got = vm.mtty.read_state()
@@ -265,6 +304,25 @@ def registers(run):
                        property=prop)
         props[prop] = reply.get('return', reply.get('error'))
     run.report('migration_properties', props=props)
+
+
+def outcome(src, dst, timeout=90):
+    """Wait until SRC's migration to DST has ended; what the checks look
+    at: the source's query-migrate, and if it completed the
+    destination's run state and, for each device, its config space and
+    UART state ("config", "got": lists in the order of the devices)."""
+    info = wait_migration(src, timeout=timeout)
+    facts = {'status': info['status'], 'vfio': info.get('vfio'),
+             'error_desc': info.get('error-desc'),
+             'ram': info.get('ram', {}).get('transferred'),
+             'src_status': src.status()}
+    if info['status'] == 'completed':
+        wait.until(lambda: dst.status() != 'inmigrate', 30,
+                   'destination still loading')
+        facts.update(dst_status=dst.status(),
+                     config=[mtty.config() for mtty in dst.mttys],
+                     got=[mtty.read_state() for mtty in dst.mttys])
+    return facts
 
 
 def start_migration(src, dst, caps):
@@ -290,20 +348,77 @@ def slow_start(src, dst, caps):
     return wait.until(moving, 30, 'migration not active')
 
 
-def live_migration(run, name, seed, caps, props):
-    """Migrate a source (UART state of SEED) to a destination with CAPS
-    on both sides and device properties PROPS on both; report the facts
-    as check NAME."""
-    src, want = run.source(name, seed, props)
-    run.report(name, want=want, **run.migrate(src, name, caps, props))
+def live_migration(run, name, seed, caps, props, devices=1, **facts):
+    """Migrate a source (DEVICES mttys, UART state of SEED, SEED + 1...)
+    to a destination with CAPS on both sides and device properties PROPS
+    on both; report the facts, and FACTS, as check NAME."""
+    src, want = run.source(name, seed, props, devices)
+    run.report(name, want=want, **facts,
+               **run.migrate(src, name, caps, props))
 
 
 @scenario('precopy_switchover_ack')
 def precopy_switchover_ack(run):
     """The source streams mtty's initial data (its header) while it
     runs, and switches over once the destination has acked it."""
-    live_migration(run, 'precopy_switchover_ack', 2, ACK,
-                   ('enable-migration=on', 'x-allow-pre-copy=on'))
+    live_migration(run, 'precopy_switchover_ack', 2, ACK, PRECOPY_PROPS)
+
+
+@scenario('two_devices')
+def two_devices(run):
+    """Two mttys on each side, pre-copy with switchover-ack: the
+    destination acks once both have loaded their initial data, both
+    devices take the P2P step before either stops, and each one's state
+    (a different one) arrives."""
+    with open(os.path.join(MTTY_TYPE, 'available_instances')) as f:
+        available = int(f.read())
+    live_migration(run, 'two_devices', 10, ACK, PRECOPY_PROPS, devices=2,
+                   available=available, src_uuids=run.src_uuids,
+                   dst_uuids=run.dst_uuids)
+
+
+def rewrite(vm, value):
+    """Dirty the DIRTY range of VM with byte VALUE; the seconds it took."""
+    started = time.monotonic()
+    reply = vm.qtest('memset 0x%x 0x%x 0x%x' % (*DIRTY, value)).strip()
+    if reply != 'OK':
+        raise RuntimeError('qtest memset: %r' % reply)
+    return round(time.monotonic() - started, 3)
+
+
+@scenario('busy_ram')
+def busy_ram(run):
+    """RAM that the guest keeps dirtying is not finished; every handler
+    still gets its turn in each round, so the device's initial data goes
+    and the destination acks while RAM has a large backlog.  Rewrite
+    DIRTY all along a pre-copy migration with switchover-ack over
+    BUSY_LINK, sampling query-migrate (and whether the source's trace
+    has the ack yet) after each rewrite, until AFTER_ACK samples after
+    the ack; then stop, raise the link: the migration completes."""
+    src, want = run.source('busy', 8, PRECOPY_PROPS, mem=BUSY_MEM,
+                           trace=('savevm_section_end',))
+    dst = run.destination('busy', PRECOPY_PROPS, ACK, mem=BUSY_MEM)
+    set_params(src, max_bandwidth=BUSY_LINK)
+    downtime = src.command('query-migrate-parameters')['downtime-limit']
+    rewrites = [rewrite(src, 1)]
+    start_migration(src, dst, ACK)
+    started, samples = time.monotonic(), []
+    while sum(s['acked'] for s in samples) < AFTER_ACK and \
+            time.monotonic() - started < BUSY_SECONDS:
+        time.sleep(DIRTY_PERIOD)
+        rewrites.append(rewrite(src, len(rewrites) % 255 + 1))
+        with open(src.trace_path, errors='replace') as f:
+            acked = ACKED in f.read()
+        info = src.command('query-migrate')
+        samples.append({'seconds': round(time.monotonic() - started, 2),
+                        'acked': acked, 'status': info['status'],
+                        'ram': info.get('ram', {}).get('remaining'),
+                        'vfio': info.get('vfio', {}).get('transferred')})
+    stopped = src.command('query-migrate')['status']
+    set_params(src, max_bandwidth=FAST_LINK)
+    run.report('busy_ram', want=want, samples=samples, rewrites=rewrites,
+               stopped=stopped, link=BUSY_LINK, downtime_limit=downtime,
+               dirty=DIRTY[1], **outcome(src, dst))
 
 
 @scenario('no_precopy')
@@ -318,7 +433,7 @@ def no_precopy(run):
 def bad_input(run):
     """Capabilities and migrations that must be refused, on one source,
     which must run on with its device after each."""
-    src, want = run.source('bad', 4)
+    src, (want,) = run.source('bad', 4)
     reply = src.qmp('migrate-set-capabilities', capabilities=[
         {'capability': 'switchover-ack', 'state': True}])
     caps = {c['capability']: c['state']
@@ -348,7 +463,7 @@ def cancel(run):
     """Cancel a pre-copy migration while it runs: the source runs on,
     its device holds the state it had and takes a new one, which a
     second migration then moves."""
-    src, want = run.source('cancel', 5)
+    src, (want,) = run.source('cancel', 5)
     dst = run.destination('cancel')
     before = slow_start(src, dst, {})
     time.sleep(1)
@@ -358,7 +473,7 @@ def cancel(run):
     run.report('cancel', before=before.get('vfio'), during=during.get('vfio'),
                status=info['status'], **run.usable(src, want, 15))
     set_params(src, max_bandwidth=FAST_LINK)
-    run.report('migrate_after_cancel', want=expected_read(15),
+    run.report('migrate_after_cancel', want=[expected_read(15)],
                **run.migrate(src, 'retry', {}))
 
 
@@ -367,7 +482,7 @@ def destination_killed(run):
     """Kill -9 the destination of a pre-copy migration with
     switchover-ack while it runs: the migration fails, the source runs
     on with its device."""
-    src, want = run.source('killed', 6)
+    src, (want,) = run.source('killed', 6)
     dst = run.destination('killed', caps=ACK)
     before = slow_start(src, dst, ACK)
     time.sleep(1)
@@ -402,7 +517,7 @@ def saved_stream(run):
     loads on a destination; with the mtty data's magic flipped, or cut
     inside the device's stop-copy data, the destination must fail
     cleanly and say which device."""
-    src, want = run.source('stream', 7)
+    src, (want,) = run.source('stream', 7)
     path = os.path.join(RUN, 'stream.bin')
     src.command('migrate', uri='exec:cat > %s' % path)
     info = wait_migration(src, timeout=60)
