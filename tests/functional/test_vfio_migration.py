@@ -53,8 +53,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 # allows the test six minutes of make check; it takes 50-60 s on a
 # lightly loaded 2-core host, 60-110 s beside one or two CPU-bound
 # processes.  The guest is killed after TIMEOUT.
-BUDGET = 240
-TIMEOUT = 330
+BUDGET = 360
+TIMEOUT = 450
 SCRIPT = r'''
 chroot /host /usr/bin/env PYTHONPATH=@TESTS@ FERRY_BUILD_DIR=@BUILD@ \
     /usr/bin/python3 -m ferry.vfio_mig_driver @QEMU@ 2>&1
