@@ -18,7 +18,6 @@
 #include "qemu/osdep.h"
 #include "qemu/error-report.h"
 #include "qemu/module.h"
-#include "io/channel-buffer.h"
 #include "migration/qemu-file-types.h"
 #include "../../migration/qemu-file.h"
 #include "../../migration/migration.h"
@@ -61,19 +60,6 @@ int error_vprintf_unless_qmp(const char *fmt, va_list ap)
     return 0;
 }
 
-static QEMUFile *stream(const uint8_t *data, size_t len)
-{
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
-    QEMUFile *f = qemu_file_new_input(QIO_CHANNEL(bioc));
-
-    if (len) {
-        memcpy(bioc->data, data, len);
-    }
-    bioc->usage = len;
-    object_unref(OBJECT(bioc));
-    return f;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const FakeConfig cfg = {
@@ -93,7 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     switchover_ack = data[0] & 1;
     dev = fake_new("fuzz", &cfg);
     mig = vfio_mig_new(&fake_ops, dev, "fuzz", cfg.mig_flags, true);
-    f = stream(data + 1, size - 1);
+    f = fake_input_file(data + 1, size - 1);
 
     ret = vfio_mig_savevm_handlers.load_setup(f, mig);
     assert(ret == 0);

@@ -185,23 +185,10 @@ static void append_markers(GString *s, const GByteArray *b)
     }
 }
 
-static QEMUFile *in_file(const uint8_t *data, size_t len)
-{
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
-    QEMUFile *f = qemu_file_new_input(QIO_CHANNEL(bioc));
-
-    if (len) {
-        memcpy(bioc->data, data, len);
-    }
-    bioc->usage = len;
-    object_unref(OBJECT(bioc));
-    return f;
-}
-
 /* The destination loads one section, which must be consumed exactly */
 static int load_bytes(VFIOMigration *dst, const uint8_t *data, size_t len)
 {
-    QEMUFile *f = in_file(data, len);
+    QEMUFile *f = fake_input_file(data, len);
     int ret = H->load_state(f, dst, 1);
 
     if (!ret) {

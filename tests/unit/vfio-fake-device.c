@@ -13,7 +13,9 @@
 
 #include "qemu/osdep.h"
 #include "qemu/bswap.h"
+#include "io/channel-buffer.h"
 #include "migration/qemu-file-types.h"
+#include "../../migration/qemu-file.h"
 #include "vfio-fake-device.h"
 
 #define ERROR           VFIO_DEVICE_STATE_ERROR
@@ -546,4 +548,17 @@ void fake_path_restart(FakeDevice *dev)
 unsigned fake_open_fds(FakeDevice *dev)
 {
     return g_hash_table_size(dev->open_fds);
+}
+
+QEMUFile *fake_input_file(const uint8_t *data, size_t len)
+{
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
+    QEMUFile *f = qemu_file_new_input(QIO_CHANNEL(bioc));
+
+    if (len) {
+        memcpy(bioc->data, data, len);
+    }
+    bioc->usage = len;
+    object_unref(OBJECT(bioc));
+    return f;
 }

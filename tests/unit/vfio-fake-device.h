@@ -136,6 +136,9 @@ const char *fake_path(FakeDevice *dev);
 void fake_path_restart(FakeDevice *dev);
 unsigned fake_open_fds(FakeDevice *dev);
 
+/* A QEMUFile that reads @len bytes of @data: one section of a stream */
+QEMUFile *fake_input_file(const uint8_t *data, size_t len);
+
 /* Validate a complete device stream, as RESUMING -> STOP does */
 int fake_check_stream(const uint8_t *data, size_t len);
 
