@@ -60,7 +60,19 @@ class EarlyLimitChecks(MigrationPairs):
         self.assertLessEqual(info['ram']['dirty-sync-count'], 2, info)
 
     def test_demo_case_within_1_5_passes(self):
-        """150 MiB guest, 16 MiB/s link, 500 ms downtime (make demo)."""
+        """150 MiB guest, 16 MiB/s link, 500 ms downtime (make demo).
+        A slow phase of the shared host once made it 2.15 passes: up to
+        three tries, each with fresh guests (the destination of a try
+        goes on dirtying memory, which would slow the next one)."""
+        wait.retry_on_noise(self.check_demo_case,
+                            prepare_retry=self.stop_guests)
+
+    def stop_guests(self):
+        for vm in self.vms:
+            vm.shutdown(hard=True)
+        self.vms = []
+
+    def check_demo_case(self):
         link = 16 * MiB
         one_pass, final, limits, info, after = self.migrate_watching(
             '150M', link, 500)
