@@ -66,7 +66,7 @@ static void mark_all_dirty(SpaprHtab *t)
     for (i = 0; i < spapr_htab_entries(t); i++) {
         *hpte_words(t, i) |= cpu_to_be64(SPAPR_HTAB_V_DIRTY);
     }
-    smp_wmb();
+    smp_wmb();      /* entries before blocks, as mark_block() */
     bitmap_set_atomic(t->dirty_blocks, 0, nr_blocks(t));
 }
 
@@ -103,11 +103,11 @@ void spapr_htab_store(SpaprHtab *t, uint64_t index, uint64_t pte0,
      */
     if (pte0 & SPAPR_HTAB_V_VALID) {
         qatomic_set(&w[1], cpu_to_be64(pte1));
-        smp_wmb();
+        smp_wmb();  /* pairs with ppc_hash64_pteg_search()'s reads */
         qatomic_set(&w[0], cpu_to_be64(pte0));
     } else {
         qatomic_set(&w[0], cpu_to_be64(pte0));
-        smp_wmb();
+        smp_wmb();  /* pairs with ppc_hash64_pteg_search()'s reads */
         qatomic_set(&w[1], cpu_to_be64(pte1));
     }
     mark_block(t, index);
@@ -137,7 +137,8 @@ void spapr_htab_saver_start(SpaprHtabSaver *s, SpaprHtab *t,
 static bool next_span(SpaprHtabSaver *s, SpaprHtab *t)
 {
     uint64_t n = nr_blocks(t);
-    uint64_t block = find_next_bit(t->dirty_blocks, n, s->next / SPAPR_HTAB_BLOCK);
+    uint64_t block = find_next_bit(t->dirty_blocks, n,
+                                   s->next / SPAPR_HTAB_BLOCK);
     uint64_t end;
 
     if (block >= n) {
@@ -159,7 +160,8 @@ static bool next_span(SpaprHtabSaver *s, SpaprHtab *t)
 /* Does entry V belong to the valid part of a chunk? */
 static bool sends_valid(const SpaprHtabSaver *s, uint64_t v)
 {
-    return (v & SPAPR_HTAB_V_VALID) && (s->first_pass || (v & SPAPR_HTAB_V_DIRTY));
+    return (v & SPAPR_HTAB_V_VALID) &&
+           (s->first_pass || (v & SPAPR_HTAB_V_DIRTY));
 }
 
 /* ... or to the invalid part (the destination clears it)? */
