@@ -1,10 +1,13 @@
-"""The RAM records of a saved migration stream (QEMU 7.2's format).
+"""The iterable sections of a saved migration stream (QEMU 7.2's format).
 
-Enough of the format to find every page record of the "ram" section in a
-stream saved with "migrate exec:cat > FILE": the tests count what was
-really sent and build hostile streams by editing single records.  Device
-sections are not parsed; the walk starts at the ram section's START and
-ends after its END.
+Enough of the format to find every page record of the "ram" section and
+every chunk of the "spapr/htab" section in a stream saved with
+"migrate exec:cat > FILE": the tests count what was really sent and
+build hostile streams by editing single records.  sections() walks the
+START, PART and END sections of the iterable handlers, which come before
+the device sections; device sections (FULL) are not parsed: the walk
+starts at the first START of a known section and ends at the first
+section that is not START, PART or END.
 """
 
 import struct
@@ -21,6 +24,9 @@ FLAG_COMPRESS_PAGE = 0x100
 SECTION_START, SECTION_PART, SECTION_END = 0x01, 0x02, 0x03
 SECTION_FOOTER = 0x7e
 RAM_VERSION = 4
+HTAB_VERSION = 1
+HTAB_NO_HPT = 0xffffffff
+HPTE_SIZE = 16
 
 
 class Record:
@@ -61,20 +67,74 @@ class Reader:
         return self.take(self.u8()).decode()
 
 
+def start_header(idstr, version, instance=0):
+    """The bytes of IDSTR's START header after its section id."""
+    name = idstr.encode()
+    return bytes([len(name)]) + name + struct.pack('>II', instance, version)
+
+
+def section_start(buf, idstr, version, instance=0):
+    """Offset of IDSTR's START section (its 0x01 byte), or None."""
+    header = start_header(idstr, version, instance)
+    i = buf.find(header)
+    while i >= 5:
+        if buf[i - 5] == SECTION_START:
+            return i - 5
+        i = buf.find(header, i + 1)
+    return None
+
+
 def ram_section_start(buf):
     """Offset just after the ram section's START header, and its id."""
-    name = b'\x03ram' + struct.pack('>II', 0, RAM_VERSION)
-    i = buf.find(name)
-    if i < 5 or buf[i - 5] != SECTION_START:
+    i = section_start(buf, 'ram', RAM_VERSION)
+    if i is None:
         raise ValueError('no ram section in the stream')
-    return i + len(name), struct.unpack('>I', buf[i - 4:i])[0]
+    return (i + 5 + len(start_header('ram', RAM_VERSION)),
+            struct.unpack('>I', buf[i + 1:i + 5])[0])
 
 
-def ram_records(buf):
-    """Every page record of the ram section, in stream order."""
-    pos, section_id = ram_section_start(buf)
-    r = Reader(buf, pos)
-    records, block, kind_of_section = [], None, SECTION_START
+class Section:
+    """One START, PART or END section of an iterable handler: KIND is
+    SECTION_START/PART/END, [start, end) its bytes including the footer,
+    [body, body_end) what its handler reads.  A ram section has its page
+    RECORDS; a spapr/htab section its HEADER (the be32 that opens every
+    part: the shift, -1 or 0) and, when that is 0, its CHUNKS and the
+    offset of its END_MARKER."""
+
+    def __init__(self, kind, section_id, idstr, start, body):
+        self.kind, self.section_id, self.idstr = kind, section_id, idstr
+        self.start, self.body = start, body
+        self.body_end = self.end = None
+        self.records, self.chunks = [], []
+        self.header = self.end_marker = None
+
+    def __repr__(self):
+        return '<%s %d %s @%d-%d>' % ({SECTION_START: 'START',
+                                       SECTION_PART: 'PART',
+                                       SECTION_END: 'END'}[self.kind],
+                                      self.section_id, self.idstr,
+                                      self.start, self.end)
+
+
+class Chunk:
+    """One chunk of a spapr/htab part: N_VALID entries from INDEX (at
+    [entries, end)), then N_INVALID cleared ones; [start, end) its bytes."""
+
+    def __init__(self, index, n_valid, n_invalid, start):
+        self.index, self.n_valid, self.n_invalid = index, n_valid, n_invalid
+        self.start = start
+        self.entries = start + 8
+        self.end = self.entries + n_valid * HPTE_SIZE
+
+    def __repr__(self):
+        return '<chunk %d+%d+%d @%d>' % (self.index, self.n_valid,
+                                        self.n_invalid, self.start)
+
+
+def read_ram_body(r, section, state):
+    """SECTION's page records, up to its EOS flag.  A record may continue
+    the block of the previous section's last record: STATE keeps it."""
+    block = state.get('block')
     while True:
         addr = r.be64()
         flags, offset = addr & (PAGE - 1), addr & ~(PAGE - 1)
@@ -85,18 +145,13 @@ def ram_records(buf):
                 total -= r.be64()
             continue
         if flags & FLAG_EOS:
-            if r.u8() != SECTION_FOOTER or r.be32() != section_id:
-                raise ValueError('no section footer at %d' % r.pos)
-            if kind_of_section == SECTION_END:
-                return records
-            kind_of_section = r.u8()
-            if kind_of_section not in (SECTION_PART, SECTION_END) or \
-                    r.be32() != section_id:
-                raise ValueError('ram section interrupted at %d' % r.pos)
-            continue
+            state['block'] = block
+            return
         start = r.pos - 8
         if not flags & FLAG_CONTINUE:
             block = r.idstr()
+        elif block is None:
+            raise ValueError('page record without a block at %d' % start)
         if flags & FLAG_ZERO:
             kind = 'zero'
             r.u8()
@@ -115,7 +170,79 @@ def ram_records(buf):
         data = start + 8 + (0 if flags & FLAG_CONTINUE else 1 + len(block))
         if kind == 'compressed':
             data += 4
-        records.append(Record(kind, block, offset, start, data, r.pos))
+        section.records.append(Record(kind, block, offset, start, data,
+                                      r.pos))
+
+
+def read_htab_body(r, section, state):
+    """SECTION's header and, after a 0 header, its chunks up to the end
+    marker."""
+    section.header = r.be32()
+    if section.header:
+        return
+    while True:
+        pos = r.pos
+        index, n_valid, n_invalid = struct.unpack('>IHH', r.take(8))
+        if not (index or n_valid or n_invalid):
+            section.end_marker = pos
+            return
+        chunk = Chunk(index, n_valid, n_invalid, pos)
+        r.take(n_valid * HPTE_SIZE)
+        section.chunks.append(chunk)
+
+
+BODIES = {'ram': (RAM_VERSION, read_ram_body),
+          'spapr/htab': (HTAB_VERSION, read_htab_body)}
+
+
+def sections(buf):
+    """Every START, PART and END section of BUF, in stream order, from
+    the first START of a section in BODIES; other iterable sections are
+    an error, the first section of another kind ends the walk."""
+    starts = [i for i in (section_start(buf, name, version)
+                          for name, (version, _) in BODIES.items())
+              if i is not None]
+    if not starts:
+        raise ValueError('no known iterable section in the stream')
+    r = Reader(buf, min(starts))
+    names, states, result = {}, {}, []
+    while r.pos < len(buf):
+        start = r.pos
+        kind = r.u8()
+        if kind not in (SECTION_START, SECTION_PART, SECTION_END):
+            return result
+        section_id = r.be32()
+        if kind == SECTION_START:
+            idstr = r.idstr()
+            r.be32()
+            version = r.be32()
+            if idstr not in BODIES or BODIES[idstr][0] != version:
+                raise ValueError('unknown iterable section %s version %d '
+                                 'at %d' % (idstr, version, start))
+            names[section_id] = idstr
+        elif section_id not in names:
+            raise ValueError('section %d at %d was never started'
+                             % (section_id, start))
+        section = Section(kind, section_id, names[section_id], start, r.pos)
+        read_body = BODIES[section.idstr][1]
+        read_body(r, section, states.setdefault(section_id, {}))
+        section.body_end = r.pos
+        if r.u8() != SECTION_FOOTER or r.be32() != section_id:
+            raise ValueError('no section footer at %d' % section.body_end)
+        section.end = r.pos
+        result.append(section)
+    return result
+
+
+def ram_records(buf):
+    """Every page record of the ram section, in stream order."""
+    return [rec for s in sections(buf) if s.idstr == 'ram'
+            for rec in s.records]
+
+
+def htab_sections(buf):
+    """The spapr/htab sections of BUF, in stream order."""
+    return [s for s in sections(buf) if s.idstr == 'spapr/htab']
 
 
 def compress_bound(n):
