@@ -53,9 +53,10 @@ def data_check_script(setup='', per_tick=''):
     """A /test.sh that keeps 16 MiB of random data in RAM and checks its
     digest in an endless loop, printing READY and then "TICK <n> ok|BAD"
     after each check (see ticks()).  SETUP runs once before READY,
-    PER_TICK before every check.  The loop has no sleep: with 7.2 a
-    pseries TCG guest sleeping in the kernel across a migration does not
-    wake up on the destination."""
+    PER_TICK before every check.  The loop has no sleep: a stock 7.2
+    destination does not re-arm a pseries TCG guest's decrementer, so a
+    guest sleeping in the kernel across a migration to it never wakes
+    (see test_pseries_sleep.py)."""
     return ('dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null\n'
             + setup +
             'want=$(md5sum < /tmp/data)\n'
