@@ -179,9 +179,12 @@ static int put_chunks(QEMUFile *f, SpaprMachineState *spapr, int64_t max_ns)
     return done;
 }
 
-static int htab_save_iterate(QEMUFile *f, void *opaque)
+/*
+ * One part of the section: a header alone when the table changed since
+ * the last one, else its chunks (within the budget unless FINAL).
+ */
+static int save_part(QEMUFile *f, SpaprMachineState *spapr, bool final)
 {
-    SpaprMachineState *spapr = opaque;
     SpaprHtabState *s = spapr->htab_state;
     int ret;
 
@@ -189,30 +192,13 @@ static int htab_save_iterate(QEMUFile *f, void *opaque)
     if (!spapr->htab_shift) {
         qemu_put_be32(f, SPAPR_HTAB_NO_HPT);
         s->sent_generation = s->generation;
-        return 1;
+        return !final;
     }
     if (s->generation != s->sent_generation) {
-        put_header(f, spapr);
-        return 0;
-    }
-    qemu_put_be32(f, 0);
-    ret = put_chunks(f, spapr, PART_BUDGET_NS);
-    spapr_htab_put_end_marker(f);
-    return ret;
-}
-
-static int htab_save_complete(QEMUFile *f, void *opaque)
-{
-    SpaprMachineState *spapr = opaque;
-    SpaprHtabState *s = spapr->htab_state;
-    int ret;
-
-    QEMU_LOCK_GUARD(&s->lock);
-    if (!spapr->htab_shift) {
-        qemu_put_be32(f, SPAPR_HTAB_NO_HPT);
-        return 0;
-    }
-    if (s->generation != s->sent_generation) {
+        if (!final) {
+            put_header(f, spapr);
+            return 0;
+        }
         /*
          * A reset after the last part: the destination's table has the
          * right size but stale entries.  The new table is all dirty, so
@@ -227,9 +213,19 @@ static int htab_save_complete(QEMUFile *f, void *opaque)
         spapr_htab_saver_start(&s->saver, &s->view->table, false);
     }
     qemu_put_be32(f, 0);
-    ret = put_chunks(f, spapr, -1);
+    ret = put_chunks(f, spapr, final ? -1 : PART_BUDGET_NS);
     spapr_htab_put_end_marker(f);
-    return ret < 0 ? ret : 0;
+    return final && ret > 0 ? 0 : ret;
+}
+
+static int htab_save_iterate(QEMUFile *f, void *opaque)
+{
+    return save_part(f, opaque, false);
+}
+
+static int htab_save_complete(QEMUFile *f, void *opaque)
+{
+    return save_part(f, opaque, true);
 }
 
 static void htab_save_pending(QEMUFile *f, void *opaque, uint64_t threshold,
