@@ -257,13 +257,17 @@ bool spapr_htab_save_chunks(SpaprHtabSaver *s, SpaprHtab *t, QEMUFile *f,
 uint64_t spapr_htab_pending(const SpaprHtabSaver *s, const SpaprHtab *t)
 {
     /*
-     * A dirty block holds a few changed PTEGs of 8 entries; the first
-     * pass's blocks are mostly empty tables.  Enough to keep the
-     * switchover waiting for a first pass, not for a guest's churn.
+     * What the first pass has not reached yet may all be valid: count it
+     * whole, so that the switchover waits for the pass (which skips
+     * invalid entries quickly) instead of sending it with the guest
+     * stopped.  After it, a dirty block holds a few changed PTEGs of 8
+     * entries.
      */
-    uint64_t blocks = bitmap_count_one(t->dirty_blocks, nr_blocks(t));
-
-    return blocks * 8 * SPAPR_HTAB_HPTE_SIZE;
+    if (s->first_pass) {
+        return (spapr_htab_entries(t) - s->next) * SPAPR_HTAB_HPTE_SIZE;
+    }
+    return bitmap_count_one(t->dirty_blocks, nr_blocks(t)) *
+           8 * SPAPR_HTAB_HPTE_SIZE;
 }
 
 void spapr_htab_put_end_marker(QEMUFile *f)

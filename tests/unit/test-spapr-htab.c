@@ -231,6 +231,9 @@ static void test_later_pass_sends_dirty_runs(void)
     idle = save_part(&s, &src, -1, 0, &done);
     g_assert_true(done);
     g_assert_cmpuint(idle->len, ==, 8);
+    g_assert_cmpuint(spapr_htab_pending(&s, &src), ==, 0);
+    set_entry(&src, 7, true, 7);
+    g_assert_cmpuint(spapr_htab_pending(&s, &src), ==, 8 * 16);
     table_free(&src);
     table_free(&dst);
 }
@@ -351,9 +354,13 @@ static void test_completion_finishes_first_pass(void)
     table_new(&dst, 22);
     fill_table(&src);
     spapr_htab_saver_start(&s, &src, true);
+    g_assert_cmpuint(spapr_htab_pending(&s, &src), ==, 1 << 22);
     part = save_part(&s, &src, 0, 0, &done);
     g_assert_false(done);
     g_assert_true(s.first_pass);
+    /* the rest of the first pass counts whole */
+    g_assert_cmpuint(spapr_htab_pending(&s, &src), ==,
+                     (spapr_htab_entries(&src) - s.next) * 16);
     load_ok(&dst, part);
     set_entry(&src, 5, false, 0);       /* behind the first pass */
     set_entry(&src, spapr_htab_entries(&src) - 1, true, 99);
