@@ -9,7 +9,7 @@ import re
 
 from ferry import env, wait
 from ferry.cpio import cpio_newc
-from ferry.machine import Guest
+from ferry.machine import Guest, incoming
 
 KERNELS = {
     'x86_64': ('x86_64/vmlinuz', 'x86_64/initrd', 'ttyS0',
@@ -21,10 +21,14 @@ KERNELS = {
 
 
 def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
-                extra=(), hold=False):
+                extra=(), hold=False, machine=None, reboot=False):
     """A Guest booting Debian's TARGET kernel that runs SCRIPT (sh) as
-    /test.sh; it powers off afterwards unless HOLD."""
-    kernel, initrd, console, machine = KERNELS[target]
+    /test.sh; it powers off afterwards unless HOLD.  MACHINE replaces
+    the target's machine and memory options.  A reboot (or QMP
+    system_reset) ends QEMU unless REBOOT, when it boots the guest
+    again."""
+    kernel, initrd, console, default_machine = KERNELS[target]
+    machine = default_machine if machine is None else machine
     g = Guest(flavour, target, name)
     entries = [('file', 'test.sh', ('#!/bin/sh\n' + script).encode(), 0o755)]
     if hold:
@@ -37,8 +41,68 @@ def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
         out.write(cpio_newc(entries))
     g.add_args(*machine, '-kernel', env.guest(kernel), '-initrd', combined,
                '-append', 'console=%s quiet panic=-1' % console,
-               '-no-reboot', *extra)
+               *([] if reboot else ['-no-reboot']), *extra)
     return g
+
+
+# Debian's ppc64el kernel runs a pseries guest with the radix MMU on the
+# default CPU (POWER10), with the hash MMU (a hash page table outside
+# guest RAM, migrated in the spapr/htab section) on a POWER8; under TCG
+# the hash guest is given 1 GiB.
+PSERIES_MMU = {'radix': ('512M', ()), 'hash': ('1G', ('-cpu', 'POWER8'))}
+
+
+def pseries_guest(script, mmu='radix', machine_opts=(), control=False, **kw):
+    """linux_guest() for a pseries guest using the MMU mode MMU ('radix'
+    or 'hash'), with the machine properties MACHINE_OPTS (such as
+    'resize-hpt=enabled') added.  With CONTROL the guest has a second
+    console, /dev/hvc1, on which send() writes lines to it (see
+    add_control()); incoming_pseries() makes its destinations."""
+    mem, cpu = PSERIES_MMU[mmu]
+    props = KERNELS['ppc64'][3][1].split(',') + list(machine_opts)
+    g = linux_guest(script, target='ppc64', machine=[
+        '-machine', ','.join(props), '-m', mem, *cpu], **kw)
+    g.mmu = mmu
+    if control:
+        g.add_args('-device', 'spapr-vty,chardev=ferry-control')
+        add_control(g)
+    return g
+
+
+def add_control(guest):
+    """Back GUEST's control console (the spapr-vty on chardev
+    'ferry-control', part of the guest's options) by a pair of FIFOs of
+    this process: the guest reads send()'s lines from /dev/hvc1."""
+    path = os.path.join(guest.tmpdir, 'control')
+    for end in ('.in', '.out'):
+        os.mkfifo(path + end)
+    # QEMU opens both FIFOs read-write, so neither open blocks, and the
+    # guest's echo of what it reads fills .out's pipe buffer unread
+    # (a few bytes per command).
+    guest.add_process_args('-chardev', 'pipe,id=ferry-control,path=' + path)
+    guest.control_path = path
+
+
+def send(guest, line):
+    """Write LINE to GUEST's control console (pseries_guest(control=True))."""
+    fd = os.open(guest.control_path + '.in', os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, (line + '\n').encode())
+    finally:
+        os.close(fd)
+
+
+def incoming_pseries(src, flavour='ferry', name='dst', paused=False, **kw):
+    """A destination for the pseries guest SRC (incoming(), KW as there),
+    with its own control console if SRC has one, started with -S if
+    PAUSED; not launched."""
+    dst = incoming(src, flavour=flavour, name=name, **kw)
+    dst.mmu = src.mmu
+    if getattr(src, 'control_path', None):
+        add_control(dst)
+    if paused:
+        dst.add_process_args('-S')
+    return dst
 
 
 def script_output(guest):
