@@ -10,7 +10,7 @@ the background (ferry.htab.workload_script()).
 
 - Both MMU modes migrate from Debian's stock QEMU 7.2 to Ferry and from
   Ferry to stock, and the guest runs on with its data intact, its ticks
-  continuing the source's count (this replaces test_pseries_migration.py,
+  continuing the source's count (this replaced test_pseries_migration.py,
   which did so for radix only).
 - Between two Ferry processes, over a slow link for several iterations,
   the destination's HTAB at switchover equals the source's

@@ -13,7 +13,7 @@ where the source stopped.
 
 Ferry -> stock still hangs: the fix is on the load side and stock's
 post_load never re-arms the timer.  That direction is not tested here
-(test_pseries_migration.py migrates a busy guest, whose next mtdec
+(test_htab_migration.py migrates busy guests, whose next mtdec
 re-arms the timer).
 """
 
