@@ -149,7 +149,7 @@ static bool vring_read_desc(VRing *vr, uint64_t table, unsigned int i,
     return true;
 }
 
-int vring_init(VRing *vr, const VRingMemOps *ops, void *opaque,
+int vring_setup(VRing *vr, const VRingMemOps *ops, void *opaque,
                unsigned int num, uint64_t desc, uint64_t avail, uint64_t used,
                uint64_t features, bool legacy_big_endian,
                uint16_t last_avail_idx, uint16_t used_idx)
@@ -241,6 +241,7 @@ static int vring_map_buf(VRing *vr, VRingElem *elem, uint64_t addr,
         }
         elem->iov[n].iov_base = host;
         elem->iov[n].iov_len = MIN(l, left);
+        elem->gpa[n] = addr;
         if (is_write) {
             elem->in_num++;
         } else {
@@ -344,6 +345,10 @@ int vring_pop(VRing *vr, VRingElem *elem)
             return 0;
         }
     }
+    if ((uint16_t)(vr->last_avail_idx - vr->used_idx) >= vr->num) {
+        return vring_fail(vr, -ENOSPC, "virtqueue has more elements in use "
+                          "than its size");
+    }
     if (!vring_ld16(vr, AVAIL_RING(vr, vr->last_avail_idx % vr->num),
                     &head)) {
         return vring_fail(vr, -EFAULT, "virtqueue avail ring not in guest "
@@ -361,6 +366,19 @@ int vring_pop(VRing *vr, VRingElem *elem)
     }
     vr->last_avail_idx++;
     return 1;
+}
+
+bool vring_has_avail(VRing *vr)
+{
+    uint16_t idx;
+
+    if (vr->broken) {
+        return false;
+    }
+    if (vr->shadow_avail_idx != vr->last_avail_idx) {
+        return true;
+    }
+    return vring_ld16(vr, AVAIL_IDX(vr), &idx) && idx != vr->last_avail_idx;
 }
 
 void vring_unpop(VRing *vr, unsigned int n)

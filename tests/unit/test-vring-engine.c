@@ -249,7 +249,7 @@ static void check_iov(const struct iovec *iov, unsigned n, size_t len,
 static void setup(FakeMem *m, VRing *vr, uint64_t features)
 {
     mem_init(m);
-    g_assert_cmpint(vring_init(vr, &fake_ops, m, NUM, DESC, AVAIL, USED,
+    g_assert_cmpint(vring_setup(vr, &fake_ops, m, NUM, DESC, AVAIL, USED,
                                features, false, 0, 0), ==, 0);
 }
 
@@ -268,7 +268,7 @@ static void do_basic(uint64_t chunk, bool legacy_be, uint64_t features)
 
     mem_init(&m);
     m.big_endian = legacy_be && !(features & VRING_F_VERSION_1);
-    g_assert_cmpint(vring_init(&vr, &fake_ops, &m, NUM, DESC, AVAIL, USED,
+    g_assert_cmpint(vring_setup(&vr, &fake_ops, &m, NUM, DESC, AVAIL, USED,
                                features, legacy_be, 0, 0), ==, 0);
     fill(&m, 0x3000, 16, 1);
     set_desc(&m, DESC, 3, 0x3000, 16, VRING_DESC_NEXT, 5);
@@ -494,7 +494,7 @@ static void test_event_idx(void)
     m.avail_idx = 65533;
     gw16(&m, AVAIL + 2, m.avail_idx);
     gw16(&m, USED + 2, 65533);
-    g_assert_cmpint(vring_init(&vr, &fake_ops, &m, NUM, DESC, AVAIL, USED,
+    g_assert_cmpint(vring_setup(&vr, &fake_ops, &m, NUM, DESC, AVAIL, USED,
                                VRING_F_VERSION_1 | VRING_F_EVENT_IDX, false,
                                65533, 65533), ==, 0);
     push_n(&vr, &m, 1);
@@ -716,11 +716,11 @@ static void test_init(void)
 {
     VRing vr;
 
-    g_assert_cmpint(vring_init(&vr, &fake_ops, NULL, 0, 0, 0, 0, 0, false,
+    g_assert_cmpint(vring_setup(&vr, &fake_ops, NULL, 0, 0, 0, 0, 0, false,
                                0, 0), ==, -EINVAL);
-    g_assert_cmpint(vring_init(&vr, &fake_ops, NULL, 24, 0, 0, 0, 0, false,
+    g_assert_cmpint(vring_setup(&vr, &fake_ops, NULL, 24, 0, 0, 0, 0, false,
                                0, 0), ==, -EINVAL);
-    g_assert_cmpint(vring_init(&vr, &fake_ops, NULL, 65536, 0, 0, 0, 0,
+    g_assert_cmpint(vring_setup(&vr, &fake_ops, NULL, 65536, 0, 0, 0, 0,
                                false, 0, 0), ==, -EINVAL);
 }
 

@@ -14,7 +14,7 @@
  * wrap-safe comparison).
  *
  * What it does not own, and stays the virtio core's: the device state
- * (features, queue addresses and sizes are given to vring_init() from
+ * (features, queue addresses and sizes are given to vring_setup() from
  * VirtQueue/VirtIODevice), migration (the indices are handed back to the
  * core, which migrates them as always) and reset.
  *
@@ -27,7 +27,7 @@
  *
  * Errors are a negative errno, distinct per kind, plus a static message
  * (vr->error) that the caller passes to virtio_error(); the queue is then
- * broken until vring_init() is called again.
+ * broken until vring_setup() is called again.
  *
  * Zero-length descriptors are skipped (they still count toward the chain
  * bound, so a chain of them cannot loop): the specification does not
@@ -95,11 +95,16 @@ typedef struct VRing {
     const char *error;              /* for virtio_error() */
 } VRing;
 
-/* A popped chain: out_num readable iovecs, then in_num writable ones */
+/*
+ * A popped chain: out_num readable iovecs, then in_num writable ones;
+ * gpa[i] is where iov[i] starts in guest-physical memory (what the virtio
+ * core migrates for an element still in use).
+ */
 typedef struct VRingElem {
     unsigned int head;
     unsigned int out_num, in_num;
     struct iovec iov[VRING_MAX_IOV];
+    uint64_t gpa[VRING_MAX_IOV];
 } VRingElem;
 
 static inline bool vring_has_feature(const VRing *vr, uint64_t mask)
@@ -114,7 +119,7 @@ static inline bool vring_has_feature(const VRing *vr, uint64_t mask)
  * The indices start at @last_avail_idx / @used_idx (the core's).
  * Returns 0 or -EINVAL.
  */
-int vring_init(VRing *vr, const VRingMemOps *ops, void *opaque,
+int vring_setup(VRing *vr, const VRingMemOps *ops, void *opaque,
                unsigned int num, uint64_t desc, uint64_t avail, uint64_t used,
                uint64_t features, bool legacy_big_endian,
                uint16_t last_avail_idx, uint16_t used_idx);
@@ -122,9 +127,17 @@ int vring_init(VRing *vr, const VRingMemOps *ops, void *opaque,
 /*
  * Pop the next available chain into @elem.  Returns 1 when popped, 0 when
  * the ring is empty, or a negative errno (vr->error says why; the queue
- * is broken).
+ * is broken).  A driver that makes more chains available than the queue
+ * holds while the device still uses them breaks the queue (-ENOSPC):
+ * the number of elements in use is bounded by the queue size.
  */
 int vring_pop(VRing *vr, VRingElem *elem);
+
+/*
+ * Whether the driver made chains available since the last pop: a hint
+ * for polling (one read of avail->idx, no barrier; vring_pop() decides).
+ */
+bool vring_has_avail(VRing *vr);
 
 /* Unmap @elem's buffers, marking every writable one dirty */
 void vring_elem_unmap(VRing *vr, VRingElem *elem);
