@@ -6,6 +6,7 @@
  * two regions is not contiguous in host memory: the accessor returns
  * short lengths at region ends (or at every CHUNK bytes when asked to)
  * and fails outside the regions.  A tiny driver side builds rings in it.
+ * Both live in vring-fake-memory.c, shared with the fuzz target.
  *
  * Copyright (c) 2026 Ferry developers
  *
@@ -15,219 +16,14 @@
 #include "qemu/osdep.h"
 #include "qemu/bswap.h"
 #include "hw/virtio/vring-engine.h"
+#include "vring-fake-memory.h"
 
-#define GUARD       256
-#define GUARD_BYTE  0xa5
 #define NUM         16
-#define NREGIONS    3
-
-/* RAM: [0, 64K) and [64K, 128K) adjacent in guest, apart in host; 1M.. */
-static const uint64_t region_base[NREGIONS] = { 0, 0x10000, 0x100000 };
-#define REGION_SIZE 0x10000
 
 #define DESC        0x1000
 #define AVAIL       (DESC + 16 * NUM)
 #define USED        0x2000
 #define NOWHERE     0x50000
-
-typedef struct FakeMem {
-    uint8_t *block[NREGIONS];
-    uint8_t *dirty[NREGIONS];   /* one byte per guest byte */
-    uint64_t chunk;             /* largest length a map returns, 0: none */
-    int mapped;                 /* maps not yet unmapped */
-    bool big_endian;            /* the driver's ring layout */
-    uint16_t avail_idx;         /* the driver's */
-} FakeMem;
-
-static uint8_t *host_of(FakeMem *m, uint64_t gpa, uint64_t *avail, int *reg)
-{
-    int i;
-
-    for (i = 0; i < NREGIONS; i++) {
-        if (gpa >= region_base[i] && gpa < region_base[i] + REGION_SIZE) {
-            *avail = region_base[i] + REGION_SIZE - gpa;
-            *reg = i;
-            return m->block[i] + GUARD + (gpa - region_base[i]);
-        }
-    }
-    return NULL;
-}
-
-static void *fake_map(void *opaque, uint64_t gpa, uint64_t *plen,
-                      bool is_write)
-{
-    FakeMem *m = opaque;
-    uint64_t avail;
-    int reg;
-    uint8_t *host = host_of(m, gpa, &avail, &reg);
-
-    if (!host) {
-        return NULL;
-    }
-    *plen = MIN(*plen, avail);
-    if (m->chunk) {
-        *plen = MIN(*plen, m->chunk);
-    }
-    m->mapped++;
-    return host;
-}
-
-static void fake_unmap(void *opaque, void *host, uint64_t len, bool is_write,
-                       uint64_t access_len)
-{
-    FakeMem *m = opaque;
-    uint8_t *p = host;
-    int i;
-
-    g_assert_cmpint(m->mapped, >, 0);
-    m->mapped--;
-    for (i = 0; i < NREGIONS; i++) {
-        uint8_t *start = m->block[i] + GUARD;
-
-        if (p >= start && p < start + REGION_SIZE) {
-            g_assert_cmpuint(p + len - start, <=, REGION_SIZE);
-            g_assert_cmpuint(access_len, <=, len);
-            g_assert(is_write || !access_len);
-            memset(m->dirty[i] + (p - start), 1, access_len);
-            return;
-        }
-    }
-    g_assert_not_reached();
-}
-
-static const VRingMemOps fake_ops = {
-    .map = fake_map,
-    .unmap = fake_unmap,
-};
-
-static void mem_init(FakeMem *m)
-{
-    int i;
-
-    memset(m, 0, sizeof(*m));
-    for (i = 0; i < NREGIONS; i++) {
-        m->block[i] = g_malloc0(REGION_SIZE + 2 * GUARD);
-        memset(m->block[i], GUARD_BYTE, GUARD);
-        memset(m->block[i] + GUARD + REGION_SIZE, GUARD_BYTE, GUARD);
-        m->dirty[i] = g_malloc0(REGION_SIZE);
-    }
-}
-
-static void mem_free(FakeMem *m)
-{
-    int i, j;
-
-    g_assert_cmpint(m->mapped, ==, 0);
-    for (i = 0; i < NREGIONS; i++) {
-        for (j = 0; j < GUARD; j++) {
-            g_assert_cmphex(m->block[i][j], ==, GUARD_BYTE);
-            g_assert_cmphex(m->block[i][GUARD + REGION_SIZE + j], ==,
-                            GUARD_BYTE);
-        }
-        g_free(m->block[i]);
-        g_free(m->dirty[i]);
-    }
-}
-
-/* The driver's side: plain copies, split at region ends */
-static void gcopy(FakeMem *m, uint64_t gpa, void *buf, size_t len, bool wr)
-{
-    uint8_t *b = buf;
-
-    while (len) {
-        uint64_t avail;
-        int reg;
-        uint8_t *host = host_of(m, gpa, &avail, &reg);
-        size_t l = MIN(len, avail);
-
-        g_assert(host);
-        if (wr) {
-            memcpy(host, b, l);
-        } else {
-            memcpy(b, host, l);
-        }
-        gpa += l;
-        b += l;
-        len -= l;
-    }
-}
-
-static bool gdirty(FakeMem *m, uint64_t gpa, size_t len)
-{
-    for (; len; gpa++, len--) {
-        uint64_t avail;
-        int reg;
-
-        g_assert(host_of(m, gpa, &avail, &reg));
-        if (!m->dirty[reg][gpa - region_base[reg]]) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static void gw16(FakeMem *m, uint64_t gpa, uint16_t v)
-{
-    v = m->big_endian ? cpu_to_be16(v) : cpu_to_le16(v);
-    gcopy(m, gpa, &v, 2, true);
-}
-
-static void gw32(FakeMem *m, uint64_t gpa, uint32_t v)
-{
-    v = m->big_endian ? cpu_to_be32(v) : cpu_to_le32(v);
-    gcopy(m, gpa, &v, 4, true);
-}
-
-static void gw64(FakeMem *m, uint64_t gpa, uint64_t v)
-{
-    v = m->big_endian ? cpu_to_be64(v) : cpu_to_le64(v);
-    gcopy(m, gpa, &v, 8, true);
-}
-
-static uint16_t gr16(FakeMem *m, uint64_t gpa)
-{
-    uint16_t v;
-
-    gcopy(m, gpa, &v, 2, false);
-    return m->big_endian ? be16_to_cpu(v) : le16_to_cpu(v);
-}
-
-static uint32_t gr32(FakeMem *m, uint64_t gpa)
-{
-    uint32_t v;
-
-    gcopy(m, gpa, &v, 4, false);
-    return m->big_endian ? be32_to_cpu(v) : le32_to_cpu(v);
-}
-
-static void set_desc(FakeMem *m, uint64_t table, unsigned i, uint64_t addr,
-                     uint32_t len, uint16_t flags, uint16_t next)
-{
-    uint64_t d = table + 16 * i;
-
-    gw64(m, d, addr);
-    gw32(m, d + 8, len);
-    gw16(m, d + 12, flags);
-    gw16(m, d + 14, next);
-}
-
-static void make_avail(FakeMem *m, uint16_t head)
-{
-    gw16(m, AVAIL + 4 + 2 * (m->avail_idx % NUM), head);
-    m->avail_idx++;
-    gw16(m, AVAIL + 2, m->avail_idx);
-}
-
-static void fill(FakeMem *m, uint64_t gpa, size_t len, uint8_t seed)
-{
-    g_autofree uint8_t *b = g_malloc(len);
-    size_t i;
-
-    for (i = 0; i < len; i++) {
-        b[i] = seed + i * 7;
-    }
-    gcopy(m, gpa, b, len, true);
-}
 
 /* Check that IOV[0..N) holds LEN bytes made by fill(SEED) */
 static void check_iov(const struct iovec *iov, unsigned n, size_t len,
@@ -248,7 +44,7 @@ static void check_iov(const struct iovec *iov, unsigned n, size_t len,
 
 static void setup(FakeMem *m, VRing *vr, uint64_t features)
 {
-    mem_init(m);
+    mem_init(m, NUM, AVAIL);
     g_assert_cmpint(vring_setup(vr, &fake_ops, m, NUM, DESC, AVAIL, USED,
                                features, false, 0, 0), ==, 0);
 }
@@ -266,7 +62,7 @@ static void do_basic(uint64_t chunk, bool legacy_be, uint64_t features)
     g_autofree VRingElem *e = g_new0(VRingElem, 1);
     uint16_t be_check;
 
-    mem_init(&m);
+    mem_init(&m, NUM, AVAIL);
     m.big_endian = legacy_be && !(features & VRING_F_VERSION_1);
     g_assert_cmpint(vring_setup(&vr, &fake_ops, &m, NUM, DESC, AVAIL, USED,
                                features, legacy_be, 0, 0), ==, 0);
@@ -490,7 +286,7 @@ static void test_event_idx(void)
     teardown(&m);
 
     /* wrap-around: the indices cross 65535 -> 0 */
-    mem_init(&m);
+    mem_init(&m, NUM, AVAIL);
     m.avail_idx = 65533;
     gw16(&m, AVAIL + 2, m.avail_idx);
     gw16(&m, USED + 2, 65533);
