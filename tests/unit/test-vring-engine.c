@@ -482,6 +482,41 @@ static void test_hostile(void)
     hostile(b_straddle_out_of_ram, -EFAULT, 4);
 }
 
+static void test_too_many_in_flight(void)
+{
+    FakeMem m;
+    VRing vr;
+    g_autofree VRingElem *e = g_new0(VRingElem, 1);
+    unsigned i;
+
+    /* the driver makes NUM chains available, then the same heads again */
+    setup(&m, &vr, VRING_F_VERSION_1);
+    set_desc(&m, DESC, 0, 0x4000, 8, VRING_DESC_WRITE, 0);
+    for (i = 0; i < NUM; i++) {
+        make_avail(&m, 0);
+        g_assert_cmpint(vring_pop(&vr, e), ==, 1);
+        vring_elem_unmap(&vr, e);
+    }
+    make_avail(&m, 0);
+    g_assert_cmpint(vring_pop(&vr, e), ==, -ENOSPC);
+    g_assert(vr.broken && vr.error);
+    teardown(&m);
+
+    /* after a push, one more may be popped */
+    setup(&m, &vr, VRING_F_VERSION_1);
+    set_desc(&m, DESC, 0, 0x4000, 8, VRING_DESC_WRITE, 0);
+    for (i = 0; i < NUM; i++) {
+        make_avail(&m, 0);
+        g_assert_cmpint(vring_pop(&vr, e), ==, 1);
+        vring_elem_unmap(&vr, e);
+    }
+    g_assert_cmpint(vring_push(&vr, 0, 8), ==, 0);
+    make_avail(&m, 0);
+    g_assert_cmpint(vring_pop(&vr, e), ==, 1);
+    vring_elem_unmap(&vr, e);
+    teardown(&m);
+}
+
 static void test_zero_length(void)
 {
     FakeMem m;
@@ -536,5 +571,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vring-engine/event-idx", test_event_idx);
     g_test_add_func("/vring-engine/zero-length", test_zero_length);
     g_test_add_func("/vring-engine/hostile", test_hostile);
+    g_test_add_func("/vring-engine/too-many-in-flight",
+                    test_too_many_in_flight);
     return g_test_run();
 }
