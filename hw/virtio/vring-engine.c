@@ -263,7 +263,7 @@ static int vring_map_buf(VRing *vr, VRingElem *elem, uint64_t addr,
 static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
 {
     uint64_t table = vr->desc;
-    unsigned int max = vr->num, i = head, count = 0;
+    unsigned int max = vr->num, i = head, count = 0, total = 0;
     bool indirect = false;
     VRingDesc d;
     int r;
@@ -304,6 +304,14 @@ static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
             count = 0;
             indirect = true;
             continue;
+        }
+        /*
+         * 1.1 2.6.5.3.1: no chain longer than the queue, counting the
+         * descriptors of an indirect table instead of the one naming it.
+         */
+        if (++total > vr->num) {
+            return vring_fail(vr, -ELOOP, "virtqueue descriptor chain "
+                              "longer than the queue");
         }
         if (d.flags & VRING_DESC_WRITE) {
             r = vring_map_buf(vr, elem, d.addr, d.len, true);

@@ -217,6 +217,10 @@ static void virtio_blk_vring_process(VirtIOBlockVringQueue *q)
     VirtIOBlockReq *req;
     int more;
 
+    /* A broken device does not touch its rings until reset */
+    if (virtio_device_disabled(VIRTIO_DEVICE(s))) {
+        return;
+    }
     aio_context_acquire(blk_get_aio_context(s->blk));
     blk_io_plug(s->blk);
     do {
@@ -232,7 +236,8 @@ static void virtio_blk_vring_process(VirtIOBlockVringQueue *q)
             }
         }
         more = q->polling ? 0 : vring_set_notification(&q->vr, true);
-    } while (more > 0);
+        /* A broken device pops nothing: do not spin on what is there */
+    } while (more > 0 && !virtio_device_disabled(VIRTIO_DEVICE(s)));
     if (more < 0) {
         virtio_blk_vring_error(q);
     }
@@ -269,7 +274,9 @@ static void virtio_blk_vring_poll_begin(void *opaque)
     VirtIOBlockVringQueue *q = opaque;
 
     q->polling = true;
-    vring_set_notification(&q->vr, false);
+    if (!virtio_device_disabled(VIRTIO_DEVICE(q->owner->vblk))) {
+        vring_set_notification(&q->vr, false);
+    }
 }
 
 static void virtio_blk_vring_poll_end(void *opaque)
@@ -278,7 +285,9 @@ static void virtio_blk_vring_poll_end(void *opaque)
 
     q->polling = false;
     /* The AioContext polls once more after this: no chain is missed */
-    vring_set_notification(&q->vr, true);
+    if (!virtio_device_disabled(VIRTIO_DEVICE(q->owner->vblk))) {
+        vring_set_notification(&q->vr, true);
+    }
 }
 
 void virtio_blk_vring_attach(VirtIOBlockVring *v, AioContext *ctx)
