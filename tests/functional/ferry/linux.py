@@ -21,18 +21,20 @@ KERNELS = {
 
 
 def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
-                extra=(), hold=False, machine=None, reboot=False):
+                extra=(), hold=False, machine=None, reboot=False, files=()):
     """A Guest booting Debian's TARGET kernel that runs SCRIPT (sh) as
     /test.sh; it powers off afterwards unless HOLD.  MACHINE replaces
     the target's machine and memory options.  A reboot (or QMP
     system_reset) ends QEMU unless REBOOT, when it boots the guest
-    again."""
+    again.  FILES are more cpio entries (ferry.cpio) for the same
+    archive, such as a static tool in bin/ (ferry.blkio)."""
     kernel, initrd, console, default_machine = KERNELS[target]
     machine = default_machine if machine is None else machine
     g = Guest(flavour, target, name)
     entries = [('file', 'test.sh', ('#!/bin/sh\n' + script).encode(), 0o755)]
     if hold:
         entries.append(('file', 'hold', b'', 0o644))
+    entries.extend(files)
     combined = os.path.join(g.tmpdir, 'initrd')
     with open(env.guest(initrd), 'rb') as f, open(combined, 'wb') as out:
         base = f.read()
