@@ -21,9 +21,10 @@ KERNELS = {
 
 
 def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
-                extra=(), hold=False, machine=None, reboot=False):
+                extra=(), hold=False, machine=None, reboot=False, files=()):
     """A Guest booting Debian's TARGET kernel that runs SCRIPT (sh) as
-    /test.sh; it powers off afterwards unless HOLD.  MACHINE replaces
+    /test.sh; it powers off afterwards unless HOLD.  FILES, (path, bytes,
+    mode) tuples, are added to the initramfs too.  MACHINE replaces
     the target's machine and memory options.  A reboot (or QMP
     system_reset) ends QEMU unless REBOOT, when it boots the guest
     again."""
@@ -33,6 +34,7 @@ def linux_guest(script, target='x86_64', flavour='ferry', name='linux',
     entries = [('file', 'test.sh', ('#!/bin/sh\n' + script).encode(), 0o755)]
     if hold:
         entries.append(('file', 'hold', b'', 0o644))
+    entries += [('file', path, data, mode) for path, data, mode in files]
     combined = os.path.join(g.tmpdir, 'initrd')
     with open(env.guest(initrd), 'rb') as f, open(combined, 'wb') as out:
         base = f.read()
