@@ -165,6 +165,40 @@ static void test_indirect_straddle(void)
     do_indirect(0x10000 - 8, true);
 }
 
+/*
+ * The queue's descriptor table across the boundary of two regions
+ * (adjacent in the guest, apart in the host): descriptor 3 straddles it.
+ */
+static void test_desc_straddle(void)
+{
+    const uint64_t desc = 0x10000 - 3 * 16 - 8;
+    const uint64_t avail = AVAIL, used = USED;
+    FakeMem m;
+    VRing vr;
+    g_autofree VRingElem *e = g_new0(VRingElem, 1);
+
+    mem_init(&m, NUM, avail);
+    g_assert_cmpint(vring_setup(&vr, &fake_ops, &m, NUM, desc, avail, used,
+                                VRING_F_VERSION_1, false, 0, 0), ==, 0);
+    fill(&m, 0x3000, 16, 7);
+    set_desc(&m, desc, 3, 0x3000, 16, VRING_DESC_NEXT, 5);
+    set_desc(&m, desc, 5, 0x4000, 32, VRING_DESC_WRITE, 0);
+    make_avail(&m, 3);
+    g_assert_cmpint(vring_pop(&vr, e), ==, 1);
+    g_assert_cmpuint(e->head, ==, 3);
+    g_assert_cmpuint(e->out_num, ==, 1);
+    g_assert_cmpuint(e->in_num, ==, 1);
+    check_iov(e->iov, 1, 16, 7);
+    vring_elem_unmap(&vr, e);
+    g_assert_cmpint(vring_push(&vr, 3, 32), ==, 0);
+    g_assert_cmpint(vring_publish(&vr), ==, 0);
+    g_assert_cmpuint(gr16(&m, used + 2), ==, 1);
+    g_assert_cmpuint(gr32(&m, used + 4), ==, 3);
+    g_assert_cmpuint(gr32(&m, used + 8), ==, 32);
+    g_assert(mem_guards_intact(&m));
+    mem_free(&m);
+}
+
 static void test_buffer_straddle(void)
 {
     FakeMem m;
@@ -565,6 +599,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vring-engine/indirect", test_indirect);
     g_test_add_func("/vring-engine/indirect-straddle", test_indirect_straddle);
     g_test_add_func("/vring-engine/buffer-straddle", test_buffer_straddle);
+    g_test_add_func("/vring-engine/desc-straddle", test_desc_straddle);
     g_test_add_func("/vring-engine/batching", test_batching);
     g_test_add_func("/vring-engine/no-interrupt", test_no_interrupt);
     g_test_add_func("/vring-engine/no-notify", test_no_notify);
