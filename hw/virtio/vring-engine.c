@@ -126,16 +126,23 @@ static bool vring_st16(VRing *vr, uint64_t gpa, uint16_t val)
     return vring_copy(vr, gpa, &v, 2, true);
 }
 
-static bool vring_read_desc(VRing *vr, uint64_t table, unsigned int i,
-                            VRingDesc *d)
+/*
+ * Descriptor @i of @table, copied out of guest memory before any field
+ * is looked at: from @host when the table is mapped whole, else through
+ * vring_copy(), which splits at the mappings' ends.
+ */
+static bool vring_read_desc(VRing *vr, uint64_t table, const uint8_t *host,
+                            unsigned int i, VRingDesc *d)
 {
     uint8_t raw[DESC_SIZE];
     uint64_t addr;
     uint32_t len;
     uint16_t flags, next;
 
-    if (!vring_copy(vr, table + (uint64_t)i * DESC_SIZE, raw, DESC_SIZE,
-                    false)) {
+    if (host) {
+        memcpy(raw, host + (uint64_t)i * DESC_SIZE, DESC_SIZE);
+    } else if (!vring_copy(vr, table + (uint64_t)i * DESC_SIZE, raw,
+                           DESC_SIZE, false)) {
         return false;
     }
     memcpy(&addr, raw, 8);
@@ -253,6 +260,26 @@ static int vring_map_buf(VRing *vr, VRingElem *elem, uint64_t addr,
     return 0;
 }
 
+/* An indirect table mapped whole for the walk, when it is contiguous */
+typedef struct VRingIndirect {
+    uint8_t *host;
+    uint64_t len;
+} VRingIndirect;
+
+static void vring_map_indirect(VRing *vr, VRingIndirect *ind, uint64_t gpa,
+                               uint32_t len)
+{
+    uint64_t l = len;
+
+    ind->host = vr->ops->map(vr->opaque, gpa, &l, false);
+    ind->len = l;
+    if (ind->host && l < len) {
+        /* Split in host memory: read it descriptor by descriptor */
+        vr->ops->unmap(vr->opaque, ind->host, l, false, 0);
+        ind->host = NULL;
+    }
+}
+
 /*
  * Walk the chain at @head: descriptors of the queue's table, the last of
  * which may refer to an indirect table (1.1 2.6.5.3.2: "zero or more
@@ -260,7 +287,8 @@ static int vring_map_buf(VRing *vr, VRingElem *elem, uint64_t addr,
  * VIRTQ_DESC_F_INDIRECT").  Each table bounds the number of descriptors
  * walked in it by its size, which catches loops.
  */
-static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
+static int vring_walk_chain(VRing *vr, unsigned int head, VRingElem *elem,
+                            VRingIndirect *ind)
 {
     uint64_t table = vr->desc;
     unsigned int max = vr->num, i = head, count = 0, total = 0;
@@ -273,7 +301,7 @@ static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
             return vring_fail(vr, -ELOOP, "virtqueue descriptor chain loops "
                               "or is longer than its table");
         }
-        if (!vring_read_desc(vr, table, i, &d)) {
+        if (!vring_read_desc(vr, table, ind->host, i, &d)) {
             return vring_fail(vr, -EFAULT, "virtqueue descriptor table not "
                               "in guest RAM");
         }
@@ -299,6 +327,7 @@ static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
                                   "too large");
             }
             table = d.addr;
+            vring_map_indirect(vr, ind, table, d.len);
             max = d.len / DESC_SIZE;
             i = 0;
             count = 0;
@@ -333,6 +362,17 @@ static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
         }
         i = d.next;
     }
+}
+
+static int vring_walk(VRing *vr, unsigned int head, VRingElem *elem)
+{
+    VRingIndirect ind = { NULL, 0 };
+    int r = vring_walk_chain(vr, head, elem, &ind);
+
+    if (ind.host) {
+        vr->ops->unmap(vr->opaque, ind.host, ind.len, false, 0);
+    }
+    return r;
 }
 
 int vring_pop(VRing *vr, VRingElem *elem)
