@@ -49,8 +49,11 @@ DATA = 128 * MIB                # written per disk, by WRITERS writers
 IMAGE = DATA + 32 * MIB         # the rest stays unwritten
 WRITERS = 4
 MODES = ('direct', 'fsync', 'osync', 'nosync')
-# (name, seed, num-queues): vda and vdb in the guest.
+# (name, seed, num-queues): vda and vdb in the guest.  vda is a legacy
+# device (disable-modern=on: rings in the guest's byte order, no
+# VERSION_1), vdb a modern one.
 DISKS = (('vda', 11, 1), ('vdb', 12, 4))
+LEGACY = {'vda'}
 # Ranges of [0, DATA) made zero after the write: (command, offset,
 # length).  'blkdiscard' is busybox's tool, the others blkio's ioctls.
 HOLES = (
@@ -141,7 +144,9 @@ class VringIO(unittest.TestCase):
             extra += ['-drive', 'if=none,id=drive%d,file=%s,format=raw,'
                       'discard=unmap' % (n, path),
                       '-device', 'virtio-blk-pci,id=disk%d,drive=drive%d,'
-                      'iothread=io0,num-queues=%d' % (n, n, queues)]
+                      'iothread=io0,num-queues=%d%s'
+                      % (n, n, queues,
+                         ',disable-modern=on' if dev in LEGACY else '')]
         cls.guest = linux_guest(guest_script(), name='vring-io-guest',
                                 machine=['-machine', 'pc-i440fx-7.2',
                                          '-m', '384M'],
