@@ -6,7 +6,8 @@
  * of the virtio core's virtqueue_pop()/virtqueue_push(): the kick and
  * poll handlers, popping chains into VirtIOBlockReqs that virtio-blk
  * handles as always, pushing completions, and publishing the used index
- * and notifying the driver once per queue per batch.
+ * and notifying the driver when the dataplane asks (per completion with
+ * EVENT_IDX, once per queue per batch without).
  *
  * What stays the virtio core's: the device state.  The engine takes each
  * queue's indices from the core when the dataplane starts and hands them
