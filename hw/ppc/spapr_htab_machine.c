@@ -25,6 +25,7 @@
 #include "qemu/error-report.h"
 #include "qapi/error.h"
 #include "qapi/qapi-commands-machine-target.h"
+#include "migration/migration.h"
 #include "migration/qemu-file.h"
 #include "migration/register.h"
 #include "migration/vmstate.h"
@@ -124,6 +125,17 @@ void spapr_htab_rc_updated(SpaprMachineState *spapr, uint64_t index)
     }
 }
 
+/*
+ * A failure of the save side: the reason goes to query-migrate's
+ * error-desc, where the operator (and libvirt) look for it, not only to
+ * stderr.
+ */
+static void save_failed(Error *err)
+{
+    migrate_set_error(migrate_get_current(), err);
+    error_report_err(err);
+}
+
 /* Announce the current table (under the lock) and start sending it */
 static void put_header(QEMUFile *f, SpaprMachineState *spapr)
 {
@@ -162,7 +174,7 @@ static int put_chunks(QEMUFile *f, SpaprMachineState *spapr, int64_t max_ns)
         if (spapr->htab_fd < 0) {
             spapr->htab_fd = kvmppc_get_htab_fd(false, 0, &err);
             if (spapr->htab_fd < 0) {
-                error_report_err(err);
+                save_failed(err);
                 return -EIO;
             }
         }
@@ -206,8 +218,11 @@ static int save_part(QEMUFile *f, SpaprMachineState *spapr, bool final)
          * A table of another size would need a header of its own.
          */
         if (!s->view || s->view->table.shift != s->sent_shift) {
-            error_report("spapr/htab: the guest replaced its hash page "
-                         "table during the switchover; retry the migration");
+            Error *err = NULL;
+
+            error_setg(&err, "spapr/htab: the guest replaced its hash page "
+                       "table during the switchover; retry the migration");
+            save_failed(err);
             return -EAGAIN;
         }
         spapr_htab_saver_start(&s->saver, &s->view->table, false);
