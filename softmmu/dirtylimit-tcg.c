@@ -133,14 +133,26 @@ bool dirtylimit_tcg_page_armed(ram_addr_t addr)
 /*
  * Refresh dirtylimit_tcg_counted[] for @cpu; true if it is counted.  A
  * limit set or lifted between two epochs takes effect at the next one.
+ * The controller's re-arm may store "counted" just after a cancel (under
+ * the BQL) stored the opposite; so it looks at "counting" again after its
+ * store, while the cancel clears "counting" before its own store.
  */
 static bool dirtylimit_tcg_update_counted(CPUState *cpu)
 {
-    bool counted = qatomic_read(&dirtylimit_tcg.counting) &&
-                   dirtylimit_tcg_counts(cpu);
+    uint8_t *counted = &dirtylimit_tcg_counted[cpu->cpu_index];
 
-    qatomic_set(&dirtylimit_tcg_counted[cpu->cpu_index], counted);
-    return counted;
+    if (!qatomic_read(&dirtylimit_tcg.counting) ||
+        !dirtylimit_tcg_counts(cpu)) {
+        qatomic_set(counted, false);
+        return false;
+    }
+    qatomic_set(counted, true);
+    smp_mb();   /* the store before the second look at "counting" */
+    if (!qatomic_read(&dirtylimit_tcg.counting)) {
+        qatomic_set(counted, false);
+        return false;
+    }
+    return true;
 }
 
 /*
@@ -314,6 +326,7 @@ static void dirtylimit_tcg_uncount(void)
         CPUState *cpu;
 
         qatomic_set(&dirtylimit_tcg.counting, false);
+        smp_mb();   /* see dirtylimit_tcg_update_counted() */
         CPU_FOREACH(cpu) {
             dirtylimit_tcg_update_counted(cpu);
         }

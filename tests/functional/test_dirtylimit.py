@@ -147,6 +147,10 @@ class DirtyLimitHolds(BootedOnce):
     # every 4 s window is within 2 %.
     window = 4.0
     window_10MBps = 10.0
+    # The share of the free rate a vCPU must be back at 1 s after its
+    # limit is cancelled (the free rate swings by up to 20 % between two
+    # measurements).
+    restored_share = 0.7
 
     @classmethod
     def boot(cls):
@@ -156,6 +160,7 @@ class DirtyLimitHolds(BootedOnce):
                                      'penalties.log')
         vm = dirty_guest(accel=cls.accel, shared_ram=True, extra=(
             '-trace', 'enable=dirtylimit_vcpu_execute,file=%s'
+            % cls.penalties, '-trace', 'enable=dirtylimit_tcg_stop,file=%s'
             % cls.penalties))
         vm.launch()
         cls.vm = vm
@@ -188,13 +193,28 @@ class DirtyLimitHolds(BootedOnce):
         self.assertTrue(abs(info[0]['current-rate'] - quota) <=
                         max(quota * 0.2, 2), info)
 
+    def traced_since(self, offset, event):
+        """The trace lines of EVENT written since OFFSET of the log."""
+        with open(self.penalties) as f:
+            f.seek(offset)
+            return [line for line in f if event in line]
+
     def check_cancel_restores(self, free, quota):
+        cancelled = os.path.getsize(self.penalties)
         self.vm.command('cancel-vcpu-dirty-limit')
         time.sleep(1)
+        settled = os.path.getsize(self.penalties)
         after = median_rate(self.vm, 0.5)
-        self.assertGreater(after, free * 0.7, 'free rate %.0f not restored '
-                           '(%.0f) after a %d MB/s quota' % (free, after, quota))
         self.assertEqual(self.vm.command('query-vcpu-dirty-limit'), [])
+        self.assertEqual(self.traced_since(settled, 'dirtylimit_vcpu_execute'),
+                         [], 'penalised 1 s after a %d MB/s quota was '
+                         'cancelled' % quota)
+        if self.accel == 'tcg':
+            self.assertTrue(self.traced_since(cancelled, 'dirtylimit_tcg_stop'),
+                            'TCG still counts writes after the cancel')
+        self.assertGreater(after, free * self.restored_share,
+                           'free rate %.0f not restored (%.0f) after a %d '
+                           'MB/s quota' % (free, after, quota))
 
     def check_sweep(self):
         free = median_rate(self.vm, 0.5)
@@ -435,6 +455,16 @@ class DirtyLimitTcg(DirtyLimitHolds, unittest.TestCase):
     # TCG charges every write as it happens: 10, 100 and 1000 MB/s read
     # 10.0, 100.0 (+-0.4) and 1000 (+-4) in every 0.5 s window.
     window, window_10MBps = 2.0, 5.0
+    # An unlimited TCG vCPU runs this guest at one of two speeds, a factor
+    # of 2 apart, and stays at one for seconds: its rate is bound by TLB
+    # fills (tlb_set_page_full ~30 % of its thread), and TCG resizes the
+    # TLB at flushes.  Measured 2026-12-08: free 31.6 or 64 GB/s, never
+    # limited, and each set/cancel cycle of a 1000 MB/s quota lands on
+    # either (10 cycles: 4 at 0.56x, 6 at 1.0x, each stable for 2 s).
+    # That the limit is gone is shown by no penalty and the end of the
+    # counting (both traced); the rate then only has to be the free one
+    # in either mode.
+    restored_share = 0.35
 
 
 @unittest.skipUnless(KVM, SKIP_KVM)
