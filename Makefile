@@ -4,6 +4,8 @@
 #   make check      everything "make" does, then every test (tests/run)
 #   make demo       a live migration of a busy guest, end to end
 #   make bench      the benchmarks in tests/bench, Ferry against stock
+#   make install PREFIX=/opt/ferry [DESTDIR=...]
+#                   a relocatable install: bin/, share/qemu, libexec/
 #   make refresh-patch P=NNNN-name.patch [FILES="a b"] [SUBJECT="..."]
 #   make checkpatch run the base's checkpatch.pl over patches/ and owned C
 #
@@ -13,6 +15,7 @@
 FERRY_TARGETS ?= x86_64-softmmu,ppc64-softmmu
 FERRY_CCACHE ?= auto
 FERRY_EXTRA_QEMU_ARGS ?=
+PREFIX ?= /usr/local
 
 comma := ,
 # Let ccache hit across clones of the repository (CI uses a fresh one).
@@ -49,7 +52,7 @@ QTESTS := tests/qtest/migration-test tests/qtest/qos-test \
 	$(patsubst %.c,%,$(wildcard tests/qtest/ferry-*-test.c)) \
 	$(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all build deps deps-test prepare check demo bench guests \
+.PHONY: all build deps deps-test prepare check demo bench guests install \
 	refresh-patch export-patches checkpatch clean distclean
 
 all: build
@@ -81,7 +84,7 @@ $(QEMU_BUILD)/build.ninja: $(QEMU_BUILD)/ferry-configure-args
 FIRMWARE_DIRS := /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu
 
 build: $(QEMU_BUILD)/build.ninja
-	$(NINJA) -C $(QEMU_BUILD) $(EMULATORS) qemu-img
+	$(NINJA) -C $(QEMU_BUILD) $(EMULATORS) qemu-img trace/trace-events-all
 	@for d in $(FIRMWARE_DIRS); do \
 		mkdir -p $(QEMU_BUILD)/qemu-bundle$$(dirname $$d); \
 		ln -sfn $$d $(QEMU_BUILD)/qemu-bundle$$d; \
@@ -90,9 +93,14 @@ build: $(QEMU_BUILD)/build.ninja
 guests: deps-test
 	@tests/guests/build $(BUILD)/guests
 
+# tests/libvirt points libvirt's <emulator> at an installed Ferry.
 check: build guests
 	$(NINJA) -C $(QEMU_BUILD) $(QTESTS)
+	@scripts/ferry/install $(BUILD)/prefix
 	tests/run
+
+install: build
+	@scripts/ferry/install $(PREFIX) $(if $(DESTDIR),--destdir $(DESTDIR))
 
 demo: build guests
 	scripts/ferry/demo
