@@ -66,6 +66,7 @@ chmod +x build/src/configure
     'tests/guests/build': 'echo "guests $*" >> "$FERRY_TEST_LOG"',
     'tests/run': 'echo "tests/run $*" >> "$FERRY_TEST_LOG"',
     'scripts/ferry/demo': 'echo "demo $*" >> "$FERRY_TEST_LOG"',
+    'scripts/ferry/install': 'echo "install $*" >> "$FERRY_TEST_LOG"',
     'tests/bench/run': 'echo "bench $*" >> "$FERRY_TEST_LOG"',
 }
 
