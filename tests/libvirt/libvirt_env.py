@@ -53,6 +53,15 @@ QEMU_USER = 'libvirt-qemu'
 VIRSH_TIMEOUT = 120
 # MiB/s: libvirt's "unlimited" migration speed (INT64_MAX bytes/s)
 UNLIMITED_SPEED = 8796093022207
+# Compression threads under libvirt.  The guest rewrites its 25600 pages
+# in every round faster than 2 threads compress them (35 k pages/s
+# here), and QEMU 7.2 (stock too) predicts the downtime from the
+# compressed bytes sent per second against the uncompressed bytes left
+# (expected-downtime 30-400 s): a live compressed migration of this
+# guest does not converge by itself, so the tests let libvirt suspend
+# it after a few seconds (--timeout-suspend), as an operator would.
+COMPRESSED = ['--compressed', '--comp-methods', 'mt', '--comp-mt-level', '1',
+              '--comp-mt-threads', '2', '--comp-mt-dthreads', '2']
 
 
 def missing_tools():
@@ -504,3 +513,34 @@ def migratable_xml(dom, emulator, path):
     with open(path, 'w') as f:
         f.write(xml)
     return path
+
+
+def poll_source(dom, proc, until, timeout=120):
+    """Poll query-migrate on DOM's (source) QEMU while virsh PROC
+    migrates it, until UNTIL(info) is true; that info."""
+    def seen():
+        if proc.poll() is not None:
+            raise AssertionError('migration ended before the check: %s %s'
+                                 % (proc.returncode, proc.stderr.read()))
+        info = dom.command('query-migrate')
+        return info if until(info) else None
+    return wait.until(seen, timeout, lambda: 'not seen while migrating: %s'
+                      % dom.command('query-migrate'), interval=0.2)
+
+
+def watch_source(dom, proc, sample):
+    """SAMPLE() every 0.2 s while virsh PROC migrates DOM away (its
+    source QEMU ends with the migration): the samples taken."""
+    samples = []
+    while proc.poll() is None:
+        try:
+            samples.append(sample())
+        except AssertionError:
+            # The source QEMU is gone, or going: so is the migration.
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                raise
+            break
+        time.sleep(0.2)
+    return samples

@@ -17,34 +17,23 @@ One domain, "busy", is shared by the tests in file order and moves
 between the hosts; a test that finds it gone starts it again.
 """
 
-import os
 import re
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from ferry import env, wait
+from ferry import env
 from ferry.machine import pass_counter
-from libvirt_env import (UNLIMITED_SPEED, check_guest,
+from libvirt_env import (COMPRESSED, UNLIMITED_SPEED, check_guest,
                          define_dirty_domain, ferry_emulator,
-                         finish_migration, migrate, start_migration,
-                         wait_state)
+                         finish_migration, migrate, poll_source,
+                         start_migration, wait_state, watch_source)
 
 SKIP_KVM = 'needs a usable /dev/kvm (KVM domain with a dirty ring)'
 # MiB/s: the guest dirties its 100 MiB about 25 times a second under
 # TCG here, so it outruns this link by far and converges only throttled.
 SLOW_LINK = 16
-# Compression threads under libvirt.  The guest rewrites its 25600 pages
-# in every round faster than 2 threads compress them (35 k pages/s
-# here), and QEMU 7.2 (stock too) predicts the downtime from the
-# compressed bytes sent per second against the uncompressed bytes left
-# (expected-downtime 30-400 s): a live compressed migration of this
-# guest does not converge by itself, so the tests let libvirt suspend
-# it after a few seconds (--timeout-suspend), as an operator would.
-COMPRESSED = ['--compressed', '--comp-methods', 'mt', '--comp-mt-level', '1',
-              '--comp-mt-threads', '2', '--comp-mt-dthreads', '2']
 
 
 @pytest.fixture(scope='module')
@@ -179,37 +168,6 @@ def test_migrate_p2p_persistent_undefinesource(dom, hosts):
     info = dst.out('dominfo', dom.name)
     assert re.search(r'Persistent:\s+yes', info), info
     check_guest(dom, passes)
-
-
-def poll_source(dom, proc, until, timeout=120):
-    """Poll query-migrate on DOM's (source) QEMU while virsh PROC
-    migrates it, until UNTIL(info) is true; that info."""
-    def seen():
-        if proc.poll() is not None:
-            raise AssertionError('migration ended before the check: %s %s'
-                                 % (proc.returncode, proc.stderr.read()))
-        info = dom.command('query-migrate')
-        return info if until(info) else None
-    return wait.until(seen, timeout, lambda: 'not seen while migrating: %s'
-                      % dom.command('query-migrate'), interval=0.2)
-
-
-def watch_source(dom, proc, sample):
-    """SAMPLE() every 0.2 s while virsh PROC migrates DOM away (its
-    source QEMU ends with the migration): the samples taken."""
-    samples = []
-    while proc.poll() is None:
-        try:
-            samples.append(sample())
-        except AssertionError:
-            # The source QEMU is gone, or going: so is the migration.
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                raise
-            break
-        time.sleep(0.2)
-    return samples
 
 
 def test_migrate_compressed(dom, hosts):
