@@ -13,16 +13,25 @@ under; these helpers start it without touching the host's own libvirt:
                       migration ports, so that two of them migrate
                       domains to each other like two hosts.  Its socket
                       lives under the daemon's root dir, which every
-                      namespace sees (daemon.uri).
-  start_daemons(n)    N of them, started; stop() each, even on failure:
-                      it destroys every domain, stops libvirtd and kills
-                      any QEMU it left behind (by its pid file).
+                      namespace sees (daemon.uri).  Its $PATH holds
+                      one qemu-system-x86_64 (Ferry's, or the EMULATOR
+                      given), so that it starts in 3 s instead of
+                      probing every emulator installed.
+  start_daemon(emulator), start_daemons(n)
+                      one, or N (for migrations), started; stop() each,
+                      even on failure: it destroys every domain, stops
+                      libvirtd and kills any QEMU it left behind (by its
+                      pid file), and removes its dirs.
   Domain              one domain: virsh, QMP and HMP through
                       "virsh qemu-monitor-command", guest memory through
                       pmemsave, so that ferry.machine's dirty_pages() and
                       pass_counter() read it as they read a QEMUMachine.
-  dirty_domain_xml()  the boot-sector guest that dirties memory
+  dirty_domain_xml(), define_dirty_domain()
+                      the boot-sector guest that dirties memory
                       (tests/guests/x86-dirty.S) as a <domain type='qemu'>.
+  check_guest(dom)    that guest is intact and runs on (memory, console).
+  migrate(), start_migration(), finish_migration(), poll_source()
+                      virsh migrate, in the foreground or not.
 
 Where the binaries are (besides tests/functional/ferry/env.py):
   FERRY_PREFIX        Ferry installed by scripts/ferry/install
@@ -145,8 +154,6 @@ class Daemon:
             f.write('unix_sock_group = "root"\nunix_sock_rw_perms = "0700"\n')
             f.write('auth_unix_ro = "none"\nauth_unix_rw = "none"\n')
             f.write('log_outputs = "3:file:%s"\n' % self.log)
-            # Quit the admin/monitor threads promptly on SIGTERM.
-            f.write('max_workers = 8\n')
         with open(os.path.join(etc, 'qemu.conf'), 'w') as f:
             f.write('user = "root"\ngroup = "root"\n')
             f.write('dynamic_ownership = 0\nremember_owner = 0\n')
@@ -154,6 +161,8 @@ class Daemon:
             f.write('stdio_handler = "file"\n')
             f.write('cgroup_controllers = [ ]\n')
             f.write('namespaces = [ ]\n')
+            # (migration_host/migration_address may not name this
+            # machine: libvirtd refuses 127.0.0.1; its hostname serves)
             f.write('migration_port_min = %d\nmigration_port_max = %d\n'
                     % (self.port_base, self.port_base + 15))
         for conf in ('libvirt.conf', 'libvirt-admin.conf'):
