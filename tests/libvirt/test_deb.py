@@ -310,6 +310,11 @@ def round_trip(root, stock_versions):
         assert '(Ferry, Debian ' in version, version
         assert root.check('dpkg -S ' + path, 'dpkg -S').split(':')[0] == pkg
     assert root.check('readlink /usr/bin/kvm', 'kvm link').strip() == 'qemu-system-x86_64'
+    # pseries finds its firmware (SLOF, from qemu-system-data) at the
+    # system paths: it is still running when timeout stops it.
+    r = root.run('timeout 3 qemu-system-ppc64 -M pseries -m 512 -display none '
+                 '-nodefaults -serial none', timeout=30)
+    assert r.returncode == 124, 'pseries did not start: %s' % r.stderr
     for stock in FERRY.values():
         st = root.run("dpkg-query -W -f '${db:Status-Abbrev}' " + stock).stdout
         assert not st.startswith('ii'), '%s still installed: %s' % (stock, st)
