@@ -270,13 +270,20 @@ def test_deb_round_trip(debs, tmp_path):
         pytest.skip('no test guest %s (run make guests)' % GUEST)
     files = tmp_path / 'files'
     files.mkdir()
-    for deb in debs.values():
-        shutil.copy(deb, files)
-    stock_versions = stock_debs(str(files))
+    try:
+        for deb in debs.values():
+            shutil.copy(deb, files)
+        stock_versions = stock_debs(str(files))
+        isolated_round_trip(str(files), stock_versions)
+    finally:
+        shutil.rmtree(str(files))      # pytest keeps tmp_path: 40 MB of .debs
+
+
+def isolated_round_trip(files, stock_versions):
     host_before = host_packages()
     host_qemu = sha256('/usr/bin/qemu-system-x86_64')
 
-    root = IsolatedRoot(str(files), GUEST)
+    root = IsolatedRoot(files, GUEST)
     try:
         if root.error is not None:
             # unshare itself failing (no CAP_SYS_ADMIN, e.g. in a container)
