@@ -6,6 +6,8 @@
 #   make bench      the benchmarks in tests/bench, Ferry against stock
 #   make install PREFIX=/opt/ferry [DESTDIR=...]
 #                   a relocatable install: bin/, share/qemu, libexec/
+#   make deb        Debian packages replacing bookworm's qemu-system-x86 and
+#                   qemu-system-ppc (packaging/debian), in build/deb/*.deb
 #   make refresh-patch P=NNNN-name.patch [FILES="a b"] [SUBJECT="..."]
 #   make checkpatch run the base's checkpatch.pl over patches/ and owned C
 #
@@ -52,8 +54,8 @@ QTESTS := tests/qtest/migration-test tests/qtest/qos-test \
 	$(patsubst %.c,%,$(wildcard tests/qtest/ferry-*-test.c)) \
 	$(patsubst %.c,%,$(wildcard tests/unit/test-*.c))
 
-.PHONY: all build deps deps-test prepare check demo bench guests install \
-	refresh-patch export-patches checkpatch clean distclean
+.PHONY: all build deps deps-test deps-deb prepare check demo bench guests \
+	install deb refresh-patch export-patches checkpatch clean distclean
 
 all: build
 
@@ -62,6 +64,9 @@ deps:
 
 deps-test: deps
 	@scripts/ferry/install-deps base/deps-test
+
+deps-deb: deps
+	@scripts/ferry/install-deps base/deps-deb
 
 $(BUILD)/base/tree/.ferry-base-ok: base/PIN | deps
 	base/fetch $(BUILD)/base
@@ -101,6 +106,10 @@ check: build guests
 
 install: build
 	@scripts/ferry/install $(PREFIX) $(if $(DESTDIR),--destdir $(DESTDIR))
+
+# Packages what "build" built, never rebuilds it (scripts/ferry/deb).
+deb: build deps-deb
+	@scripts/ferry/deb
 
 demo: build guests
 	scripts/ferry/demo
