@@ -98,8 +98,9 @@ build: $(QEMU_BUILD)/build.ninja
 guests: deps-test
 	@tests/guests/build $(BUILD)/guests
 
-# tests/libvirt points libvirt's <emulator> at an installed Ferry.
-check: build guests
+# tests/libvirt points libvirt's <emulator> at an installed Ferry, and
+# builds and installs make deb's packages in an isolated root.
+check: build guests deps-deb
 	$(NINJA) -C $(QEMU_BUILD) $(QTESTS)
 	@scripts/ferry/install $(BUILD)/prefix
 	tests/run
