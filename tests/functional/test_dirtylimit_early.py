@@ -89,7 +89,14 @@ class EarlyLimitChecks(MigrationPairs):
 
     def test_256MiB_over_100MiBps_within_2_passes(self):
         """A 256 MiB guest over a 100 MiB/s link, 300 ms downtime: the
-        first pass is about a second, so the 200 ms of measuring weigh."""
+        first pass is about a second, so the 200 ms of measuring weigh.
+        At that scale a slow second of the shared host shows: CI once
+        measured 2.13 s for a 0.99 s pass (6 dirty syncs).  Up to three
+        tries, as for the demo case."""
+        wait.retry_on_noise(self.check_256MiB_case,
+                            prepare_retry=self.stop_guests)
+
+    def check_256MiB_case(self):
         one_pass, final, limits, info, after = self.migrate_watching(
             '256M', 100 * MiB, 300)
         ratio = final['total-time'] / 1000 / one_pass
