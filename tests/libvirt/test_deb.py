@@ -12,7 +12,8 @@ is checked to be untouched.
 
 Inside: apt-get installs the two .debs (which must remove stock through
 Conflicts/Replaces), a private libvirtd sees /usr/bin/qemu-system-x86_64
-and -ppc64 as Ferry, runs a TCG domain and destroys it; apt-get removes
+and -ppc64 as Ferry, runs a TCG domain and destroys it, test_libvirt.py
+runs against the system paths (FERRY_PREFIX=/usr); apt-get removes
 Ferry, stock is reinstalled from its .debs (apt's cache, or apt-get
 download on the host beforehand: nothing inside needs the network), and
 the package set is what it was before.
@@ -71,7 +72,7 @@ security_driver = "none"
 # be gone, which a zombie never is).
 SETUP = r'''
 set -e
-t=$1 files=$2 guest=$3
+t=$1 files=$2 guest=$3 top=$4 scratch=$5
 mount -t tmpfs -o size=4g,mode=0755 ferry-deb "$t"
 mkdir "$t/upper" "$t/work" "$t/root"
 mount -t overlay ferry-deb-root \
@@ -87,6 +88,18 @@ mkdir -p "$r$FERRY_FILES"
 mount --bind "$files" "$r$FERRY_FILES"
 mount -o remount,bind,ro "$r$FERRY_FILES"
 cp "$guest" "$r/var/lib/ferry-guest.img"
+# The repository (the libvirt suite, the guests, the base's python/qemu)
+# at its own path, as an overlay too: QEMU opens the guest's disk for
+# writing, and nothing may reach the host's copy.  Migrations between
+# the suite's daemons go over this namespace's loopback.
+mkdir -p "$t/top-upper" "$t/top-work" "$r$top"
+mount -t overlay ferry-deb-top \
+    -o "lowerdir=$top,upperdir=$t/top-upper,workdir=$t/top-work" "$r$top"
+ip link set lo up
+# The suite's scratch files (disk images QEMU opens with O_DIRECT, which
+# this tmpfs refuses) on the host's disk, in a directory of their own.
+mkdir -p "$r/var/tmp/ferry-suite"
+mount --bind "$scratch" "$r/var/tmp/ferry-suite"
 echo ready
 exec /usr/bin/python3 -c '
 import os, time
@@ -178,11 +191,12 @@ class IsolatedRoot:
 
     def __init__(self, files, guest):
         self.dir = tempfile.mkdtemp(prefix='ferry-deb-ns-')
+        self.scratch = tempfile.mkdtemp(prefix='ferry-deb-suite-', dir='/var/tmp')
         self.root = os.path.join(self.dir, 'root')
         self.proc = subprocess.Popen(
             ['unshare', '--mount', '--propagation', 'private', '--pid', '--fork',
              '--net', '--ipc', '--uts', 'bash', '-c', SETUP, 'setup',
-             self.dir, files, guest],
+             self.dir, files, guest, TOP, self.scratch],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, FERRY_FILES=FILES))
         line = self.proc.stdout.readline().strip()
@@ -225,6 +239,7 @@ class IsolatedRoot:
             self.proc.kill()
             self.proc.wait()
         os.rmdir(self.dir)
+        shutil.rmtree(self.scratch)
 
 
 @pytest.fixture(scope='module')
@@ -295,6 +310,7 @@ def isolated_round_trip(files, stock_versions):
     finally:
         root.close()
     assert not os.path.exists(root.dir), 'left %s behind' % root.dir
+    assert not os.path.exists(root.scratch), 'left %s behind' % root.scratch
     assert host_packages() == host_before, 'the host\'s packages changed'
     assert sha256('/usr/bin/qemu-system-x86_64') == host_qemu
 
@@ -349,6 +365,17 @@ def round_trip(root, stock_versions):
     root.check(VIRSH + 'destroy ferry-deb', 'destroy the domain')
     root.check(VIRSH + 'undefine ferry-deb', 'undefine the domain')
     root.check('kill $(cat /run/ferry-libvirtd.pid)', 'stop libvirtd')
+
+    # The libvirt suite itself against the system paths, where the
+    # packages put Ferry: its two daemons, migrations, save/restore.
+    out = root.check('cd %s && PYTHONDONTWRITEBYTECODE=1 FERRY_PREFIX=/usr '
+                     'FERRY_BUILD_DIR=%s python3 -m pytest -q -p no:cacheprovider '
+                     '--basetemp=/var/tmp/ferry-suite/pytest '
+                     'tests/libvirt/test_libvirt.py' % (TOP, BUILD),
+                     'the libvirt suite against /usr/bin', timeout=900)
+    summary = out.strip().splitlines()[-1]
+    assert ' passed' in summary and 'failed' not in summary, out[-3000:]
+    print('libvirt suite at /usr/bin: ' + summary)
 
     # Remove Ferry: its files go; reinstall stock from its .debs.
     root.check('apt-get remove -y -q ' + ' '.join(FERRY), 'remove the Ferry packages')
