@@ -354,7 +354,7 @@ void virtio_blk_vring_notify(VirtIOBlockVring *v, unsigned int n)
     if (vring_should_notify(&q->vr)) {
         trace_virtio_blk_vring_notify(v->vblk, n, q->vr.used_idx);
         /* ISR bit 0, as virtio_notify_irqfd() sets it (old Windows) */
-        qatomic_or(&vdev->isr, 1);
+        virtio_set_isr(vdev, 0x1);
         event_notifier_set(virtio_queue_get_guest_notifier(q->vq));
     }
 }
